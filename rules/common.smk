@@ -1,0 +1,47 @@
+# Config validation, wildcard constraints and input functions shared by every stage.
+import os
+import sys
+from pathlib import Path
+
+# The workflow scripts import `spadec` from this checkout even when it is not installed
+# (e.g. `--sdm conda`, whose environment cannot hold an editable install).
+REPO = Path(workflow.basedir)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from spadec.config import ConfigError, STAGES, load_schema, resolve_stage, validate_config
+from spadec.io import write_json
+
+SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
+try:
+    validate_config(config, REPO / "schemas" / "config.schema.yaml")
+except ConfigError as err:
+    sys.exit(f"Config error: {err}")
+
+MODELS = list(config["models"])
+PROMPT_FILES = sorted(str(p) for p in (REPO / "data" / "prompts").glob("*.jsonl"))
+
+# Rules run `python -m spadec...` and the scripts in workflow_scripts/; this makes `spadec`
+# importable from this checkout in every job, installed or not (e.g. under `--sdm conda`).
+# (Snakemake formats the prefix too: `{{` below reaches bash as `{`.)
+shell.prefix(f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    stage="|".join(STAGES),
+
+
+def stage_settings(model, stage):
+    """Resolved settings of one stage for one model (what its config JSON holds)."""
+    return resolve_stage(config, model, stage, SCHEMA)
+
+
+def stage_gpus(stage):
+    """`gpu` resource of a stage's jobs, from the config (0 on the embedded default)."""
+    return lambda wc: stage_settings(wc.model, stage).get("gpus", 0)
+
+
+def script(name):
+    """Path of a thin entry point in workflow_scripts/ (passed to rules as a param)."""
+    return str(REPO / "workflow_scripts" / f"{name}.py")

@@ -1,0 +1,1 @@
+"""The base model: pre-trained here, converted from a packaged GGUF, or taken from HF."""

@@ -1,0 +1,221 @@
+"""Pre-train a tiny Llama from scratch on the offline corpus (source `pretrain`).
+
+The corpus has two token streams: plain documents and chat-formatted instruction pairs
+(so the model learns the chat format it is later asked questions in). Each training
+sequence is a random window of one stream; windows are drawn from a generator seeded by
+(seed, step, rank), so a resumed run sees exactly the batches an unbroken run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from spadec.base.chat import dialogue_text
+from spadec.base.tokenizer import train_bpe_tokenizer
+from spadec.checkpoint import latest_checkpoint, save_checkpoint
+from spadec.config import config_hash
+from spadec.io import read_jsonl
+from spadec.logs import progress
+
+log = logging.getLogger(__name__)
+
+
+def build_llama(settings: dict, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    p = settings["pretrain"]
+    if p["hidden_size"] % p["num_heads"] or p["num_heads"] % p["num_kv_heads"]:
+        raise ValueError(
+            "base.pretrain: hidden_size must divide by num_heads, and num_heads by num_kv_heads"
+        )
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=p["hidden_size"],
+        intermediate_size=p["intermediate_size"],
+        num_hidden_layers=p["num_layers"],
+        num_attention_heads=p["num_heads"],
+        num_key_value_heads=p["num_kv_heads"],
+        max_position_embeddings=p["max_position_embeddings"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=p["tie_embeddings"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def token_streams(
+    tokenizer, documents: list[dict], dialogues: list[dict]
+) -> dict[str, torch.Tensor]:
+    """Concatenate documents (each closed by EOS) and chat dialogues into two id streams."""
+    eos = tokenizer.eos_token_id
+    streams = {}
+    texts = {
+        "text": [d["text"] for d in documents],
+        "chat": [dialogue_text(tokenizer, r) for r in dialogues],
+    }
+    for name, items in texts.items():
+        ids: list[int] = []
+        for enc in tokenizer(items, add_special_tokens=False)["input_ids"]:
+            ids.extend(enc)
+            if name == "text":
+                ids.append(eos)
+        streams[name] = torch.tensor(ids, dtype=torch.long)
+    return streams
+
+
+def sample_batch(
+    streams: dict[str, torch.Tensor], batch_size: int, seq_len: int, chat_share: float, seed: int
+) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(batch_size):
+        name = "chat" if torch.rand((), generator=gen).item() < chat_share else "text"
+        stream = streams[name]
+        if len(stream) <= seq_len:
+            raise ValueError(
+                f"the {name} stream has {len(stream)} tokens, fewer than seq_len {seq_len}"
+            )
+        start = int(torch.randint(0, len(stream) - seq_len, (), generator=gen))
+        rows.append(stream[start : start + seq_len])
+    return torch.stack(rows)
+
+
+def lr_at(step: int, p: dict) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak."""
+    if step < p["warmup_steps"]:
+        return p["lr"] * (step + 1) / p["warmup_steps"]
+    span = max(1, p["steps"] - p["warmup_steps"])
+    frac = min(1.0, (step - p["warmup_steps"]) / span)
+    floor = p["min_lr_ratio"]
+    return p["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def load_or_train_tokenizer(settings: dict, data_dir: Path, ckpt_dir: Path, documents, dialogues):
+    """The tokenizer is part of the resumable state: a resumed run must reuse it exactly."""
+    from transformers import AutoTokenizer
+
+    tok_dir = ckpt_dir / f"tokenizer_{config_hash(settings)}"
+    if (tok_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(tok_dir)
+    texts = [d["text"] for d in documents]
+    texts += [
+        f"<|user|>{r['instruction']}<|eos|><|assistant|>{r['response']}<|eos|>" for r in dialogues
+    ]
+    tok = train_bpe_tokenizer(texts, settings["pretrain"]["vocab_size"])
+    tok.save_pretrained(tok_dir)
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: int = 0):
+    """Train tokenizer and model; return (model, tokenizer, training metrics)."""
+    from accelerate import Accelerator
+
+    p = settings["pretrain"]
+    data_dir, ckpt_dir = Path(data_dir), Path(ckpt_dir)
+    documents = read_jsonl(data_dir / "corpus_train.jsonl")
+    dialogues = read_jsonl(data_dir / "sft.jsonl")
+    settings_hash = config_hash({"settings": settings, "seed": seed})
+
+    accel = Accelerator(mixed_precision=p["mixed_precision"], cpu=not torch.cuda.is_available())
+    if accel.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = load_or_train_tokenizer(settings, data_dir, ckpt_dir, documents, dialogues)
+    accel.wait_for_everyone()
+    if not accel.is_main_process:
+        tokenizer = load_or_train_tokenizer(settings, data_dir, ckpt_dir, documents, dialogues)
+    streams = token_streams(tokenizer, documents, dialogues)
+    log.info(
+        "token streams: text %d, chat %d tokens; vocab %d",
+        len(streams["text"]),
+        len(streams["chat"]),
+        len(tokenizer),
+    )
+
+    torch.manual_seed(seed)
+    model = build_llama(settings, tokenizer)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=p["weight_decay"]
+    )
+    start_step, history = 0, []
+    ckpt = latest_checkpoint(ckpt_dir, settings_hash)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state())
+        optimizer.load_state_dict(ckpt.optimizer_state())
+        start_step, history = ckpt.step, ckpt.state.get("history", [])
+        log.info("resuming from %s (step %d)", ckpt.path, start_step)
+    model, optimizer = accel.prepare(model, optimizer)
+    model.train()
+
+    n_params = sum(t.numel() for t in model.parameters())
+    log.info(
+        "model: %.2f M parameters, %d layers; %d steps of %dx%d tokens",
+        n_params / 1e6,
+        p["num_layers"],
+        p["steps"],
+        p["batch_size"],
+        p["seq_len"],
+    )
+    t0, tokens = time.perf_counter(), 0
+    bar = progress(
+        range(start_step, p["steps"]),
+        desc="pretrain",
+        initial=start_step,
+        total=p["steps"],
+        disable=not accel.is_local_main_process,
+    )
+    for step in bar:
+        batch = sample_batch(
+            streams,
+            p["batch_size"],
+            p["seq_len"],
+            p["chat_share"],
+            seed=seed * 1_000_003 + step * accel.num_processes + accel.process_index,
+        )
+        batch = batch.to(accel.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, p)
+        loss = model(input_ids=batch, labels=batch).loss
+        accel.backward(loss)
+        accel.clip_grad_norm_(model.parameters(), p["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch.numel() * accel.num_processes
+        if (step + 1) % p["log_every"] == 0 or step + 1 == p["steps"]:
+            value = accel.reduce(loss.detach(), reduction="mean").item()
+            history.append({"step": step + 1, "loss": round(value, 4), "lr": lr_at(step, p)})
+            bar.set_postfix(loss=f"{value:.3f}")
+            log.info("step %d/%d loss %.4f", step + 1, p["steps"], value)
+        if (step + 1) % p["checkpoint_every"] == 0 and step + 1 < p["steps"]:
+            accel.wait_for_everyone()
+            if accel.is_main_process:
+                save_checkpoint(
+                    ckpt_dir,
+                    step + 1,
+                    accel.unwrap_model(model).state_dict(),
+                    optimizer.state_dict(),
+                    settings_hash,
+                    {"history": history},
+                )
+    elapsed = time.perf_counter() - t0
+    accel.wait_for_everyone()
+    model = accel.unwrap_model(model)
+    metrics = {
+        "parameters": n_params,
+        "steps": p["steps"],
+        "resumed_from_step": start_step,
+        "train_tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 and tokens else None,
+        "train_wall_s": round(elapsed, 1),
+        "loss_history": history,
+        "final_train_loss": history[-1]["loss"] if history else None,
+        "processes": accel.num_processes,
+        "is_main_process": accel.is_main_process,
+    }
+    return model, tokenizer, metrics

@@ -1,0 +1,200 @@
+"""Configuration: schema validation with defaults, per-model stage resolution, hashing.
+
+The workflow's config has stage sections (data, base, dllm, ...) with defaults, and a
+`models` map whose entries override those sections key by key. `resolve_stage(config,
+model, stage)` is the one place that turns the two into the settings a stage runs with.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("data", "base", "dllm", "eagle", "predictor", "eval")
+DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message is one line naming the key or path."""
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    path = Path(path) if path else DEFAULT_SCHEMA
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    return data or {}
+
+
+def _deref(schema: dict, root: dict) -> dict:
+    """Inline a local `$ref` (siblings of the `$ref` win over the referenced schema)."""
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            raise ConfigError(f"schema: only local $ref supported, got {ref}")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        merged = dict(target)
+        merged.update({k: v for k, v in schema.items() if k != "$ref"})
+        schema = merged
+    return schema
+
+
+def fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    """Insert schema defaults into `instance` in place, recursing into objects."""
+    schema = _deref(schema, root)
+    if not isinstance(instance, dict):
+        return
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        sub = _deref(sub, root)
+        if key not in instance:
+            if "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            elif sub.get("type") == "object" and "properties" in sub:
+                instance[key] = {}
+        if key in instance:
+            fill_defaults(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in props:
+                fill_defaults(value, extra, root)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _format_error(err, schema_root: dict) -> str:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(_deref(err.schema, schema_root).get("properties", {}))
+        unknown = sorted(set(err.instance) - allowed)
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+            tip = (
+                f" (did you mean '{hint[0]}'?)"
+                if hint
+                else f" (allowed: {', '.join(sorted(allowed))})"
+            )
+            return f"unknown config key '{_key(path + [unknown[0]])}'{tip}"
+    if err.validator == "required":
+        return f"config key '{_key(path)}': {err.message}"
+    return f"config key '{_key(path)}': {err.message}"
+
+
+def validate_config(
+    config: dict, schema_path: str | Path | None = None, check_paths: bool = True
+) -> dict:
+    """Validate `config` in place, fill in defaults, check referenced local paths.
+
+    Raises ConfigError with a one-line message naming the first offending key.
+    """
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    if not isinstance(config, dict):
+        raise ConfigError("config must be a mapping")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path))
+    )
+    if errors:
+        raise ConfigError(_format_error(jsonschema.exceptions.best_match(errors), schema))
+    # Defaults go into the top-level stage sections only: per-model entries stay sparse
+    # overrides, so a default cannot mask a top-level setting.
+    for key, sub in schema["properties"].items():
+        if key == "models":
+            continue
+        sub = _deref(sub, schema)
+        if key not in config and "default" in sub:
+            config[key] = copy.deepcopy(sub["default"])
+        elif key not in config:
+            config[key] = {}
+        fill_defaults(config[key], sub, schema)
+    if check_paths:
+        for model in config["models"]:
+            check_model_paths(config, model, schema)
+    return config
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_stage(config: dict, model: str, stage: str, schema: dict | None = None) -> dict:
+    """The settings `stage` runs with for `model`: top-level section + the model's overrides."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
+    if model not in config.get("models", {}):
+        raise ConfigError(
+            f"unknown model '{model}' (config has: {', '.join(config.get('models', {}))})"
+        )
+    schema = schema or load_schema()
+    resolved = deep_merge(config.get(stage, {}), (config["models"][model] or {}).get(stage, {}))
+    fill_defaults(resolved, schema["$defs"][stage], schema)
+    # Every stage sees one seed: the global one, offset by the stage's own where it has one.
+    resolved["seed"] = resolved.get("seed", 0) + config.get("seed", 0)
+    return resolved
+
+
+def _check_file(key: str, path: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"config key '{key}': file not found: {path}")
+
+
+def check_model_paths(config: dict, model: str, schema: dict | None = None) -> None:
+    """Fail early, naming the key, when a local path the config refers to does not exist."""
+    base = resolve_stage(config, model, "base", schema)
+    prefix = f"models.{model}.base"
+    if base["source"] == "hf":
+        if bool(base.get("path")) == bool(base.get("hub_id")):
+            raise ConfigError(
+                f"config key '{prefix}': source 'hf' needs exactly one of 'path' or 'hub_id'"
+            )
+        if base.get("path"):
+            path = Path(base["path"])
+            if not path.is_dir():
+                raise ConfigError(f"config key '{prefix}.path': model directory not found: {path}")
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"config key '{prefix}.path': no config.json in {path}")
+    data = resolve_stage(config, model, "data", schema)
+    sources = {"sft": data["sft"], **{f"eval.{k}": v for k, v in data["eval"].items()}}
+    for name, spec in sources.items():
+        key = f"models.{model}.data.{name}"
+        if spec["source"] == "hub":
+            if not spec.get("hub_id"):
+                raise ConfigError(f"config key '{key}': source 'hub' needs 'hub_id'")
+        elif spec["source"] not in ("stdlib_docs", "heldout", "project_prompts"):
+            if not spec.get("path"):
+                raise ConfigError(f"config key '{key}': source '{spec['source']}' needs 'path'")
+            _check_file(f"{key}.path", spec["path"])
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (stage configs, for resume checks)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

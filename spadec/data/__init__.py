@@ -1,0 +1,1 @@
+"""Datasets for every stage: offline corpora, external loaders, splits, JSONL outputs."""

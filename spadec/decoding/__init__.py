@@ -1,0 +1,1 @@
+"""Decoding methods: autoregressive baselines now; speculative methods join later."""

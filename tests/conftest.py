@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests run offline: no hub look-ups, ever."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SPADEC_NO_PROGRESS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_CONFIG = REPO / "tests" / "fixtures" / "config.micro.yaml"
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (snakemake, ruff, snakefmt)."""
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def run(
+    cmd: list[str],
+    cwd: Path = REPO,
+    timeout: float = 600,
+    env: dict | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory) -> Path:
+    """The micro config's datasets, built once per test session."""
+    from spadec.config import load_yaml, resolve_stage, validate_config
+    from spadec.data.prepare import prepare_data
+
+    config = validate_config(load_yaml(MICRO_CONFIG))
+    out = tmp_path_factory.mktemp("micro_data")
+    prepare_data(resolve_stage(config, "micro", "data"), out, REPO / "data" / "prompts")
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> dict:
+    from spadec.config import load_yaml, validate_config
+
+    return validate_config(load_yaml(MICRO_CONFIG))

@@ -1,0 +1,163 @@
+"""Config validation: defaults, one-line errors naming the key, per-model resolution."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spadec.config import ConfigError, config_hash, load_yaml, resolve_stage, validate_config
+from tests.conftest import REPO, run, tool
+
+ALL_CONFIGS = [REPO / "config.yaml", *sorted((REPO / "configs").rglob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_validates(path):
+    config = validate_config(load_yaml(path))
+    for model in config["models"]:
+        for stage in ("data", "base", "dllm", "eagle", "predictor", "eval"):
+            assert isinstance(resolve_stage(config, model, stage), dict)
+
+
+def _error(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    message = str(info.value)
+    assert "\n" not in message, "config errors must be one line"
+    return message
+
+
+def test_wrong_type_names_the_key():
+    msg = _error({"models": {"m": {}}, "base": {"pretrain": {"num_layers": "eight"}}})
+    assert "base.pretrain.num_layers" in msg and "integer" in msg
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    msg = _error({"models": {"m": {}}, "base": {"pretrian": {}}})
+    assert "base.pretrian" in msg and "pretrain" in msg
+
+
+def test_unknown_key_inside_a_model_is_named():
+    msg = _error({"models": {"m": {"dllm": {"lora_rnk": 4}}}})
+    assert "models.m.dllm.lora_rnk" in msg and "lora_rank" in msg
+
+
+def test_bad_enum_and_empty_models():
+    assert "base.source" in _error({"models": {"m": {}}, "base": {"source": "ftp"}})
+    assert "models" in _error({"models": {}})
+    assert "models" in _error({"data": {}})
+
+
+def test_missing_base_model_dir_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    msg = _error({"models": {"m": {"base": {"source": "hf", "path": str(missing)}}}})
+    assert "models.m.base.path" in msg and str(missing) in msg
+
+
+def test_base_dir_without_config_json(tmp_path):
+    msg = _error({"models": {"m": {"base": {"source": "hf", "path": str(tmp_path)}}}})
+    assert "config.json" in msg
+
+
+def test_hf_source_needs_exactly_one_of_path_and_hub_id():
+    assert "exactly one" in _error({"models": {"m": {"base": {"source": "hf"}}}})
+
+
+def test_missing_dataset_file_is_named(tmp_path):
+    missing = tmp_path / "alpaca.json"
+    msg = _error({"models": {"m": {}}, "data": {"sft": {"source": "alpaca", "path": str(missing)}}})
+    assert "data.sft.path" in msg and str(missing) in msg
+    msg = _error(
+        {
+            "models": {"m": {}},
+            "data": {"eval": {"mt": {"source": "mt_bench", "path": str(missing)}}},
+        }
+    )
+    assert "data.eval.mt.path" in msg
+
+
+def test_defaults_are_filled_and_model_overrides_win():
+    config = validate_config(
+        {
+            "models": {"a": {}, "b": {"base": {"pretrain": {"num_layers": 3}}}},
+            "base": {"pretrain": {"hidden_size": 128}},
+        }
+    )
+    a, b = resolve_stage(config, "a", "base"), resolve_stage(config, "b", "base")
+    assert a["pretrain"]["num_layers"] == 8  # schema default
+    assert b["pretrain"]["num_layers"] == 3  # the model's override
+    # A model override of one key keeps the top-level value of its siblings.
+    assert a["pretrain"]["hidden_size"] == b["pretrain"]["hidden_size"] == 128
+    assert a["source"] == "pretrain"
+
+
+def test_resolved_stage_only_changes_with_its_own_settings():
+    config = validate_config(load_yaml(REPO / "config.yaml"))
+    before = config_hash(resolve_stage(config, "tiny", "data"))
+    changed = copy.deepcopy(config)
+    changed["base"]["pretrain"]["steps"] += 1
+    assert config_hash(resolve_stage(changed, "tiny", "data")) == before
+    assert config_hash(resolve_stage(changed, "tiny", "base")) != config_hash(
+        resolve_stage(config, "tiny", "base")
+    )
+
+
+def test_unknown_model_or_stage():
+    config = validate_config({"models": {"a": {}}})
+    with pytest.raises(ConfigError, match="unknown model 'zz'"):
+        resolve_stage(config, "zz", "base")
+    with pytest.raises(ConfigError, match="unknown stage"):
+        resolve_stage(config, "a", "nope")
+
+
+def test_unreadable_yaml_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "none.yaml")
+
+
+def test_cli_check_config_reports_one_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump({"models": {"m": {}}, "eval": {"max_new_tokens": -1}}))
+    proc = run([tool("spadec"), "check-config", str(bad)])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "config error" in line]
+    assert len(lines) == 1 and "eval.max_new_tokens" in lines[0]
+    ok = run(
+        [tool("spadec"), "check-config", str(REPO / "config.yaml"), "--stage", "base"], check=True
+    )
+    assert '"num_layers": 8' in ok.stdout
+
+
+def _pins(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        line = line.strip().lstrip("- ").strip()
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s]+)", line)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def test_environment_yml_has_the_same_pins_as_requirements():
+    req = _pins(Path(REPO / "requirements.txt").read_text().splitlines())
+    env = _pins(Path(REPO / "environment.yml").read_text().splitlines())
+    assert req["torch"] == "2.13.0"
+    for name in (
+        "transformers",
+        "peft",
+        "accelerate",
+        "deepspeed",
+        "datasets",
+        "pandas",
+        "snakemake",
+    ):
+        assert name in req, f"{name} must be pinned exactly"
+    assert env == req
