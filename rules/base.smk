@@ -22,6 +22,6 @@ rule prepare_base:
         script=script("prepare_base"),
         ckpt="ckpt/{model}/base",
     shell:
-        "python -m spadec.launch --gpus {resources.gpu} --"
+        "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
         " {params.script} --config {input.cfg} --data {input.data}"
         " --ckpt {params.ckpt} --out {output} > {log} 2>&1"

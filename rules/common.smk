@@ -19,12 +19,16 @@ except ConfigError as err:
     sys.exit(f"Config error: {err}")
 
 MODELS = list(config["models"])
+# Jobs run on the interpreter that runs Snakemake (a venv need not be activated), except
+# under `--sdm conda`, where the rule's environment provides `python`.
+PYTHON = "python" if workflow.deployment_settings.deployment_method else sys.executable
 PROMPT_FILES = sorted(str(p) for p in (REPO / "data" / "prompts").glob("*.jsonl"))
 
-# Rules run `python -m spadec...` and the scripts in workflow_scripts/; this makes `spadec`
-# importable from this checkout in every job, installed or not (e.g. under `--sdm conda`).
-# (Snakemake formats the prefix too: `{{` below reaches bash as `{`.)
-shell.prefix(f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Every job: `$SPADEC_PY` is that interpreter, and `spadec` is importable from this
+# checkout, installed or not (e.g. under `--sdm conda`). Neither is a param, so moving
+# the checkout or the venv does not rerun anything. (Snakemake formats the prefix too:
+# `{{` below reaches bash as `{`.)
+shell.prefix(f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; SPADEC_PY='{PYTHON}'; ")
 
 
 wildcard_constraints:

@@ -21,5 +21,5 @@ rule prepare_data:
         script=script("prepare_data"),
         prompts_dir=lambda wc, input: os.path.dirname(input.prompts[0]),
     shell:
-        "python {params.script} --config {input.cfg} --prompts {params.prompts_dir}"
+        "$SPADEC_PY {params.script} --config {input.cfg} --prompts {params.prompts_dir}"
         " --out {output} > {log} 2>&1"

@@ -50,8 +50,9 @@ def save_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     target = ckpt_dir / f"step_{step}"
     with atomic_dir(target) as tmp:
+        # clone(): tied weights (embedding = LM head) share storage, which safetensors refuses.
         save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+            {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()},
             tmp / "model.safetensors",
         )
         torch.save(optimizer_state, tmp / "optimizer.pt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,10 +52,18 @@ def build_llama(settings: dict, tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+@dataclass
+class TokenStream:
+    """Token ids of many texts laid end to end, with the offset where each text starts."""
+
+    ids: torch.Tensor
+    starts: torch.Tensor
+
+
 def token_streams(
     tokenizer, documents: list[dict], dialogues: list[dict]
-) -> dict[str, torch.Tensor]:
-    """Concatenate documents (each closed by EOS) and chat dialogues into two id streams."""
+) -> dict[str, TokenStream]:
+    """Documents (each closed by EOS) and chat dialogues as two streams."""
     eos = tokenizer.eos_token_id
     streams = {}
     texts = {
@@ -63,28 +72,40 @@ def token_streams(
     }
     for name, items in texts.items():
         ids: list[int] = []
+        starts: list[int] = []
         for enc in tokenizer(items, add_special_tokens=False)["input_ids"]:
+            starts.append(len(ids))
             ids.extend(enc)
             if name == "text":
                 ids.append(eos)
-        streams[name] = torch.tensor(ids, dtype=torch.long)
+        streams[name] = TokenStream(
+            torch.tensor(ids, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
+        )
     return streams
 
 
 def sample_batch(
-    streams: dict[str, torch.Tensor], batch_size: int, seq_len: int, chat_share: float, seed: int
+    streams: dict[str, TokenStream], batch_size: int, seq_len: int, chat_share: float, seed: int
 ) -> torch.Tensor:
+    """Windows of `seq_len` tokens. Chat windows start where a dialogue starts, so every
+    answer in them is seen after its question (a model cannot learn to answer *about* the
+    question from answers whose question was cut off); text windows start anywhere."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batch_size):
         name = "chat" if torch.rand((), generator=gen).item() < chat_share else "text"
         stream = streams[name]
-        if len(stream) <= seq_len:
+        last = len(stream.ids) - seq_len
+        if last <= 0:
             raise ValueError(
-                f"the {name} stream has {len(stream)} tokens, fewer than seq_len {seq_len}"
+                f"the {name} stream has {len(stream.ids)} tokens, fewer than seq_len {seq_len}"
             )
-        start = int(torch.randint(0, len(stream) - seq_len, (), generator=gen))
-        rows.append(stream[start : start + seq_len])
+        if name == "chat":
+            starts = stream.starts[stream.starts < last]
+            start = int(starts[torch.randint(0, len(starts), (), generator=gen)])
+        else:
+            start = int(torch.randint(0, last, (), generator=gen))
+        rows.append(stream.ids[start : start + seq_len])
     return torch.stack(rows)
 
 
@@ -134,8 +155,8 @@ def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: i
     streams = token_streams(tokenizer, documents, dialogues)
     log.info(
         "token streams: text %d, chat %d tokens; vocab %d",
-        len(streams["text"]),
-        len(streams["chat"]),
+        len(streams["text"].ids),
+        len(streams["chat"].ids),
         len(tokenizer),
     )
 

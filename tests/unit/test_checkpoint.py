@@ -37,3 +37,14 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for step in (1, 2, 3, 4):
         save_checkpoint(tmp_path, step, _state(step), opt.state_dict(), "h", keep=2)
     assert [c.step for c in list_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_tied_weights_round_trip(tmp_path):
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, as in models with tie_word_embeddings
+    state = {"embed.weight": emb.weight, "head.weight": head.weight}
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, 1, state, opt.state_dict(), "h")
+    loaded = latest_checkpoint(tmp_path, "h").model_state()
+    assert torch.equal(loaded["embed.weight"], loaded["head.weight"])
