@@ -1,0 +1,122 @@
+"""Cached D-LLM decoding at batch 1 with real layer skipping (method `dllm`)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn import functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from spadec.decoding.autoregressive import DecodeResult, sync
+from spadec.dllm.cache import LayerSkipCache
+
+
+def _attend_cached(layer, x_norm, cos, sin, cache: LayerSkipCache, idx: int) -> torch.Tensor:
+    """Attention of the executing new tokens over the layer's cache and each other."""
+    attn = layer.self_attn
+    n = x_norm.shape[1]
+    shape = (1, n, -1, attn.head_dim)
+    q = attn.q_proj(x_norm).view(shape).transpose(1, 2)
+    k = attn.k_proj(x_norm).view(shape).transpose(1, 2)
+    v = attn.v_proj(x_norm).view(shape).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k_all, v_all = cache.append(idx, k, v)
+    k_all = repeat_kv(k_all, attn.num_key_value_groups)
+    v_all = repeat_kv(v_all, attn.num_key_value_groups)
+    scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling
+    if n > 1:  # new tokens see the cache and the new tokens up to themselves
+        past = k_all.shape[2] - n
+        blocked = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        scores[..., past:] = scores[..., past:].masked_fill(blocked, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(v_all.dtype)
+    out = torch.matmul(probs, v_all).transpose(1, 2).reshape(1, n, -1)
+    return attn.o_proj(out)
+
+
+@torch.inference_mode()
+def forward_step(
+    model, input_ids: torch.Tensor, cache: LayerSkipCache, force_execute: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run new tokens [1, n] through the model, extending `cache`.
+
+    Returns (logits [1, n, V], gates [n, num_layers]). A layer no new token executes
+    costs its router only; otherwise only the executing tokens are computed.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError("cached D-LLM decoding runs at batch size 1")
+    if model.training:
+        raise ValueError("call model.eval() first: training mode samples the routers")
+    body = model.model
+    n = input_ids.shape[1]
+    positions = torch.arange(cache.seen_tokens, cache.seen_tokens + n, device=input_ids.device)[
+        None
+    ]
+    hidden = body.embed_tokens(input_ids)
+    cos, sin = body.rotary_emb(hidden, positions)
+    gates = []
+    for i, layer in enumerate(body.layers):
+        w = model.gate(i, hidden, positions, force_execute)[0]
+        gates.append(w)
+        run = w.nonzero().flatten()
+        if run.numel() == 0:
+            continue
+        every = run.numel() == n
+        x = hidden if every else hidden[:, run]
+        c, s = (cos, sin) if every else (cos[:, run], sin[:, run])
+        mid = x + _attend_cached(layer, layer.input_layernorm(x), c, s, cache, i)
+        out = mid + layer.mlp(layer.post_attention_layernorm(mid))
+        if every:
+            hidden = out
+        else:
+            hidden = hidden.clone()
+            hidden[:, run] = out
+    cache.seen_tokens += n
+    logits = model.lm_head(body.norm(hidden))
+    return logits, torch.stack(gates, dim=-1)
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def dllm_decode(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> DecodeResult:
+    """Greedy (temperature 0) or sampled decoding with real layer skipping.
+
+    `extra` holds the executed-layer share of the generated tokens and, per layer, the
+    share of generated tokens that executed it.
+    """
+    device = input_ids.device
+    cache = LayerSkipCache.empty(model.config.num_hidden_layers)
+    sync(device)
+    start = time.perf_counter()
+    logits, _ = forward_step(model, input_ids, cache)
+    out: list[int] = []
+    step_gates = []
+    forwards = 1
+    while True:
+        next_id = _pick(logits[0, -1], temperature, generator)
+        out.append(next_id)
+        if len(out) == max_new_tokens or (eos_token_id is not None and next_id == eos_token_id):
+            break
+        logits, gates = forward_step(model, torch.tensor([[next_id]], device=device), cache)
+        step_gates.append(gates[0])
+        forwards += 1
+    sync(device)
+    wall = time.perf_counter() - start
+    extra = {}
+    if step_gates:
+        g = torch.stack(step_gates).float()
+        extra = {"executed_share": g.mean().item(), "layer_execution_rate": g.mean(0).tolist()}
+    return DecodeResult(out, len(out), wall, forwards, extra)

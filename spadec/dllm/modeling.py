@@ -1,0 +1,171 @@
+"""D-LLM models: a Llama / Qwen2 whose dynamic layers let each token skip them.
+
+The weights are the base architecture's (same names, so a base checkpoint loads as is)
+plus `model.layers.{i}.router.*` for every dynamic layer. The forward pass is ours: a
+layer's output for token t is `w_t * layer(x)_t + (1 - w_t) * x_t` with the router's
+decision w_t, and the keys/values of tokens that skip a layer are invisible to every
+query at that layer (the eviction rule).
+
+- `forward` runs whole sequences (training, scoring): every token is computed, skipped
+  tokens are masked. In training, decisions are hard Gumbel samples with straight-through
+  gradients and eviction multiplies the attention probabilities by w (differentiable);
+  in eval mode decisions are hard and eviction is an additive mask.
+- `spadec.dllm.inference` decodes with a per-layer cache and really skips: a skipped
+  layer costs its router only. Both give the same logits (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from spadec.dllm.configuration import DLLMLlamaConfig, DLLMQwen2Config
+from spadec.dllm.router import Router, gumbel_decision, hard_decision
+
+
+@dataclass
+class DLLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    gates: torch.Tensor | None = None  # [B, L, num_layers], 1 = executed (static layers: 1)
+
+
+def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask, soft_eviction=False):
+    """Self-attention of one decoder layer over a whole sequence with eviction.
+
+    key_keep: None (keep all) or [B, L] weights of each key (1 keep, 0 evicted).
+    additive_mask: [B or 1, 1, L, L] float mask (0 or -inf-like) for causality/padding.
+    soft_eviction: multiply the probabilities by key_keep and renormalise (training: the
+    gate's straight-through gradient flows through it) instead of masking the scores.
+    """
+    attn = layer.self_attn
+    bsz, length, _ = x_norm.shape
+    shape = (bsz, length, -1, attn.head_dim)
+    q = attn.q_proj(x_norm).view(shape).transpose(1, 2)
+    k = attn.k_proj(x_norm).view(shape).transpose(1, 2)
+    v = attn.v_proj(x_norm).view(shape).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = repeat_kv(k, attn.num_key_value_groups)
+    v = repeat_kv(v, attn.num_key_value_groups)
+    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive_mask
+    if key_keep is not None and not soft_eviction:
+        # Hard eviction: exactly what dropping the keys from a cache does.
+        scores = scores.masked_fill(key_keep[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32)
+    if key_keep is not None and soft_eviction:
+        # Differentiable eviction: the gate's straight-through gradient flows through here.
+        probs = probs * key_keep[:, None, None, :].float()
+        probs = probs / (probs.sum(dim=-1, keepdim=True) + 1e-6)
+    out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(bsz, length, -1)
+    return attn.o_proj(out)
+
+
+def causal_mask(length: int, dtype, device, attention_mask=None) -> torch.Tensor:
+    """[B or 1, 1, L, L] additive mask: causal, and padded keys blocked."""
+    blocked = torch.finfo(dtype).min
+    mask = torch.full((length, length), blocked, dtype=dtype, device=device).triu(1)[None, None]
+    if attention_mask is not None:
+        pad = (attention_mask[:, None, None, :] == 0).to(dtype) * blocked
+        mask = (mask + pad).clamp(min=blocked)
+    return mask
+
+
+class DLLMMixin:
+    """Routers and the gated forward pass, shared by the Llama and Qwen2 variants."""
+
+    def _add_routers(self) -> None:
+        cfg = self.config
+        cfg.check_router_fields()
+        for i in cfg.dynamic_layers():
+            self.model.layers[i].router = Router(
+                cfg.hidden_size, cfg.router_hidden, cfg.router_input_bits, cfg.rms_norm_eps
+            )
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Router):
+            module.reset_parameters()
+
+    def is_dynamic(self, layer_idx: int) -> bool:
+        return layer_idx >= self.config.dynamic_start_layer
+
+    def gate(
+        self,
+        layer_idx: int,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        force_execute: bool = False,
+    ) -> torch.Tensor:
+        """Decisions w in {0, 1} for every token ([B, L], float): 1 executes the layer."""
+        if force_execute or not self.is_dynamic(layer_idx):
+            return torch.ones(hidden.shape[:2], device=hidden.device)
+        logits = self.model.layers[layer_idx].router(hidden)
+        w = gumbel_decision(logits) if self.training else hard_decision(logits)
+        reserved = position_ids < self.config.reserve_initials
+        return torch.where(reserved, torch.ones_like(w), w)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        labels=None,
+        force_execute: bool = False,
+        **kwargs,
+    ) -> DLLMOutput:
+        """Whole sequences, no cache (training, scoring). `force_execute` runs every layer."""
+        bsz, length = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(length, device=input_ids.device)[None].expand(bsz, -1)
+        body = self.model
+        hidden = body.embed_tokens(input_ids)
+        cos, sin = body.rotary_emb(hidden, position_ids)
+        mask = causal_mask(length, hidden.dtype, hidden.device, attention_mask)
+        gates = []
+        for i, layer in enumerate(body.layers):
+            w = self.gate(i, hidden, position_ids, force_execute)
+            keep = None if (force_execute or not self.is_dynamic(i)) else w
+            attn = layer_attention(
+                layer,
+                layer.input_layernorm(hidden),
+                cos,
+                sin,
+                keep,
+                mask,
+                soft_eviction=self.training,
+            )
+            mid = hidden + attn
+            out = mid + layer.mlp(layer.post_attention_layernorm(mid))
+            wt = w[..., None].to(hidden.dtype)
+            hidden = wt * out + (1 - wt) * hidden
+            gates.append(w)
+        logits = self.lm_head(body.norm(hidden))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return DLLMOutput(loss=loss, logits=logits, gates=torch.stack(gates, dim=-1))
+
+
+class DLLMLlamaForCausalLM(DLLMMixin, LlamaForCausalLM):
+    config_class = DLLMLlamaConfig
+
+    def __init__(self, config: DLLMLlamaConfig):
+        super().__init__(config)
+        self._add_routers()
+        self.post_init()
+
+
+class DLLMQwen2ForCausalLM(DLLMMixin, Qwen2ForCausalLM):
+    config_class = DLLMQwen2Config
+
+    def __init__(self, config: DLLMQwen2Config):
+        super().__init__(config)
+        self._add_routers()
+        self.post_init()
