@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/config.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
+include: "rules/dllm.smk"
 
 
 rule all:
@@ -25,4 +26,5 @@ rule all:
     input:
         expand("results/{model}/data", model=MODELS),
         expand("results/{model}/base", model=MODELS),
+        expand("results/{model}/dllm/metrics.json", model=MODELS),
     localrule: True

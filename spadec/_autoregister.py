@@ -13,9 +13,16 @@ import sys
 
 
 def _register() -> None:
-    from spadec.dllm import register
-
-    register()
+    initializing = [
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith("spadec.dllm") and getattr(module.__spec__, "_initializing", False)
+    ]
+    if initializing:
+        # transformers is being imported by one of our own modules; spadec.dllm.modeling
+        # registers itself once it is imported (importing it now would be circular).
+        return
+    import spadec.dllm.modeling  # noqa: F401  (registers on import)
 
 
 class _AfterTransformersImport(importlib.abc.MetaPathFinder):

@@ -8,8 +8,7 @@ query at that layer (the eviction rule).
 
 - `forward` runs whole sequences (training, scoring): every token is computed, skipped
   tokens are masked. In training, decisions are hard Gumbel samples with straight-through
-  gradients and eviction multiplies the attention probabilities by w (differentiable);
-  in eval mode decisions are hard and eviction is an additive mask.
+  gradients; in eval mode they are deterministic. Eviction is a mask in both.
 - `spadec.dllm.inference` decodes with a per-layer cache and really skips: a skipped
   layer costs its router only. Both give the same logits (tested).
 """
@@ -35,13 +34,18 @@ class DLLMOutput(ModelOutput):
     gates: torch.Tensor | None = None  # [B, L, num_layers], 1 = executed (static layers: 1)
 
 
-def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask, soft_eviction=False):
+def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask):
     """Self-attention of one decoder layer over a whole sequence with eviction.
 
-    key_keep: None (keep all) or [B, L] weights of each key (1 keep, 0 evicted).
+    key_keep: None (keep all) or [B, L] decisions (1 keep, 0 evicted); evicted keys are
+    masked out of the scores, exactly what dropping them from a cache does.
     additive_mask: [B or 1, 1, L, L] float mask (0 or -inf-like) for causality/padding.
-    soft_eviction: multiply the probabilities by key_keep and renormalise (training: the
-    gate's straight-through gradient flows through it) instead of masking the scores.
+
+    No gradient flows through the eviction mask: the routers learn through the gated
+    residual mix and the sparsity loss. (The published code also differentiated through a
+    renormalised eviction, P * w / sum(P * w); its 1/sum factor made the router gradient
+    ~10^5 times larger than the sparsity loss's on the tiny model, measured, so no
+    sparsity pressure could act.)
     """
     attn = layer.self_attn
     bsz, length, _ = x_norm.shape
@@ -53,14 +57,10 @@ def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask, soft_evict
     k = repeat_kv(k, attn.num_key_value_groups)
     v = repeat_kv(v, attn.num_key_value_groups)
     scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive_mask
-    if key_keep is not None and not soft_eviction:
-        # Hard eviction: exactly what dropping the keys from a cache does.
-        scores = scores.masked_fill(key_keep[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    if key_keep is not None:
+        evicted = key_keep.detach()[:, None, None, :] == 0
+        scores = scores.masked_fill(evicted, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32)
-    if key_keep is not None and soft_eviction:
-        # Differentiable eviction: the gate's straight-through gradient flows through here.
-        probs = probs * key_keep[:, None, None, :].float()
-        probs = probs / (probs.sum(dim=-1, keepdim=True) + 1e-6)
     out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(bsz, length, -1)
     return attn.o_proj(out)
 
@@ -86,10 +86,10 @@ class DLLMMixin:
                 cfg.hidden_size, cfg.router_hidden, cfg.router_input_bits, cfg.rms_norm_eps
             )
 
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, Router):
-            module.reset_parameters()
+    def _reset_routers(self) -> None:
+        # After post_init: its generic init would overwrite the routers' execute-first bias.
+        for i in self.config.dynamic_layers():
+            self.model.layers[i].router.reset_parameters()
 
     def is_dynamic(self, layer_idx: int) -> bool:
         return layer_idx >= self.config.dynamic_start_layer
@@ -130,16 +130,8 @@ class DLLMMixin:
         for i, layer in enumerate(body.layers):
             w = self.gate(i, hidden, position_ids, force_execute)
             keep = None if (force_execute or not self.is_dynamic(i)) else w
-            attn = layer_attention(
-                layer,
-                layer.input_layernorm(hidden),
-                cos,
-                sin,
-                keep,
-                mask,
-                soft_eviction=self.training,
-            )
-            mid = hidden + attn
+            x_norm = layer.input_layernorm(hidden)
+            mid = hidden + layer_attention(layer, x_norm, cos, sin, keep, mask)
             out = mid + layer.mlp(layer.post_attention_layernorm(mid))
             wt = w[..., None].to(hidden.dtype)
             hidden = wt * out + (1 - wt) * hidden
@@ -160,6 +152,7 @@ class DLLMLlamaForCausalLM(DLLMMixin, LlamaForCausalLM):
         super().__init__(config)
         self._add_routers()
         self.post_init()
+        self._reset_routers()
 
 
 class DLLMQwen2ForCausalLM(DLLMMixin, Qwen2ForCausalLM):
@@ -169,3 +162,19 @@ class DLLMQwen2ForCausalLM(DLLMMixin, Qwen2ForCausalLM):
         super().__init__(config)
         self._add_routers()
         self.post_init()
+        self._reset_routers()
+
+
+def register() -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM` resolve the D-LLM model types."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for config_cls, model_cls in (
+        (DLLMLlamaConfig, DLLMLlamaForCausalLM),
+        (DLLMQwen2Config, DLLMQwen2ForCausalLM),
+    ):
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+
+
+register()

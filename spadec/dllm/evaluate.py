@@ -1,0 +1,106 @@
+"""D-LLM against its dense base on held-out data: perplexity, executed-layer shares, and
+greedy decoding speed, the two decoders interleaved prompt by prompt in one run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from spadec.base.chat import dialogue_text, prompt_ids
+from spadec.decoding.autoregressive import greedy_decode
+from spadec.dllm.inference import dllm_decode
+from spadec.io import read_jsonl
+from spadec.logs import progress
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def score(model, sequences: list[list[int]], is_dllm: bool) -> dict:
+    """Perplexity over the sequences; for a D-LLM also the gates of every scored token."""
+    nll, count, gates = 0.0, 0, []
+    for seq in progress(sequences, desc="score", leave=False):
+        ids = torch.tensor([seq], device=next(model.parameters()).device)
+        out = model(input_ids=ids)
+        logits = out.logits[0, :-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        count += len(seq) - 1
+        if is_dllm:
+            gates.append(out.gates[0].float())
+    result = {"perplexity": math.exp(nll / max(count, 1)), "tokens": count}
+    if gates:
+        g = torch.cat(gates)
+        result["executed_share"] = g.mean().item()
+        result["layer_execution_rate"] = [round(x, 4) for x in g.mean(0).tolist()]
+    return result
+
+
+def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) -> dict:
+    data_dir = Path(data_dir)
+    ev = settings["eval"]
+    dense.eval()
+    dllm.eval()
+    window = ev["max_seq_len"]
+    seqs, total = [], 0
+    for rec in read_jsonl(data_dir / "sft_heldout.jsonl"):
+        ids = tokenizer(dialogue_text(tokenizer, rec), add_special_tokens=False)["input_ids"][
+            :window
+        ]
+        seqs.append(ids)
+        total += len(ids)
+        if total >= ev["max_ppl_tokens"]:
+            break
+    dense_score = score(dense, seqs, is_dllm=False)
+    dllm_score = score(dllm, seqs, is_dllm=True)
+    log.info(
+        "held-out perplexity: dense %.2f, D-LLM %.2f (executed share %.3f)",
+        dense_score["perplexity"],
+        dllm_score["perplexity"],
+        dllm_score["executed_share"],
+    )
+
+    prompts = read_jsonl(data_dir / "eval_heldout.jsonl")[: ev["decode_prompts"]]
+    device = next(dense.parameters()).device
+    warm = torch.tensor([prompt_ids(tokenizer, "Hello")], device=device)
+    greedy_decode(dense, warm, 4)
+    dllm_decode(dllm, warm, 4)
+    totals = {"dense": [0, 0.0], "dllm": [0, 0.0]}
+    decode_shares, samples = [], []
+    for rec in prompts:
+        ids = torch.tensor([prompt_ids(tokenizer, rec["turns"][0])], device=device)
+        n = ev["max_new_tokens"]
+        # Same number of tokens for both (no early stop), so the speeds compare like for like.
+        d = greedy_decode(dense, ids, n)
+        s = dllm_decode(dllm, ids, n)
+        totals["dense"][0] += d.new_tokens
+        totals["dense"][1] += d.wall_s
+        totals["dllm"][0] += s.new_tokens
+        totals["dllm"][1] += s.wall_s
+        decode_shares.append(s.extra.get("executed_share", 1.0))
+        samples.append(
+            {
+                "prompt": rec["turns"][0],
+                "dense": tokenizer.decode(d.output_ids, skip_special_tokens=True),
+                "dllm": tokenizer.decode(s.output_ids, skip_special_tokens=True),
+            }
+        )
+    dense_tps = totals["dense"][0] / totals["dense"][1]
+    dllm_tps = totals["dllm"][0] / totals["dllm"][1]
+    return {
+        "heldout_ppl_dense": round(dense_score["perplexity"], 3),
+        "heldout_ppl_dllm": round(dllm_score["perplexity"], 3),
+        "ppl_ratio": round(dllm_score["perplexity"] / dense_score["perplexity"], 4),
+        "heldout_tokens": dllm_score["tokens"],
+        "executed_share": round(dllm_score["executed_share"], 4),
+        "target_share": dllm.config.target_share,
+        "layer_execution_rate": dllm_score["layer_execution_rate"],
+        "decode_executed_share": round(sum(decode_shares) / len(decode_shares), 4),
+        "greedy_tokens_per_s_dense": round(dense_tps, 2),
+        "greedy_tokens_per_s_dllm": round(dllm_tps, 2),
+        "decode_speedup": round(dllm_tps / dense_tps, 3),
+        "device": str(device),
+        "samples": samples,
+    }
