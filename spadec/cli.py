@@ -52,6 +52,19 @@ def cmd_prepare_base(args) -> int:
     return 0
 
 
+def cmd_import_dllm(args) -> int:
+    from spadec.dllm.importer import DLLMImportError, import_dllm
+
+    bits = None if args.router_input_bits == "none" else int(args.router_input_bits)
+    try:
+        info = import_dllm(args.src, args.out, args.tokenizer, bits, args.dtype)
+    except DLLMImportError as err:
+        print(f"spadec: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from spadec.logs import setup_logging
 
@@ -82,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--ckpt", help="resumable state (default ckpt/<model>/base)")
     p.set_defaults(func=cmd_prepare_base)
+    p = sub.add_parser("import-dllm", help="import a published D-LLM checkpoint")
+    p.add_argument(
+        "src", help="folder with consolidated.00.pth + model_args.json, or a published HF folder"
+    )
+    p.add_argument("--out", required=True, help="our HF directory to write")
+    p.add_argument("--tokenizer", help="tokenizer directory (required for consolidated.00.pth)")
+    p.add_argument(
+        "--router-input-bits",
+        default="4",
+        choices=["4", "8", "none"],
+        help="router input quantisation the routers were trained with (SpaDec: 4)",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_import_dllm)
     sub.add_parser("launch", help="start a stage script (see python -m spadec.launch -h)")
     args = parser.parse_args(argv)
     setup_logging()

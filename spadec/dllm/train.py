@@ -150,6 +150,9 @@ def finetune(
         first = (pos * world + accel.process_index) * batch
         rows = collate([examples[i] for i in order[first : first + batch]], tokenizer.pad_token_id)
         rows = {k: v.to(accel.device) for k, v in rows.items()}
+        # Gumbel noise and dropout depend on (seed, step, rank) only: a resumed run draws
+        # exactly what the unbroken run drew.
+        torch.manual_seed(seed * 1_000_003 + step * world + accel.process_index)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, warmup, peak_lr)
         out = model(**rows)

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import spadec  # noqa: F401  (registers the D-LLM model types for AutoModelForCausalLM)
 from tests.conftest import MICRO_CONFIG, REPO, run, tool
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -66,6 +67,18 @@ def test_outputs_exist_and_load(finished_run):
     metrics = json.loads((base / "metrics.json").read_text())
     for key in ("heldout_ppl_chat", "unigram_ppl_chat", "greedy_tokens_per_s", "samples"):
         assert key in metrics
+    dllm = json.loads((finished_run / "results" / "micro" / "dllm" / "metrics.json").read_text())
+    for key in (
+        "heldout_ppl_dense",
+        "heldout_ppl_dllm",
+        "executed_share",
+        "layer_execution_rate",
+        "greedy_tokens_per_s_dense",
+        "greedy_tokens_per_s_dllm",
+    ):
+        assert key in dllm
+    final = AutoModelForCausalLM.from_pretrained(finished_run / "results" / "micro" / "dllm" / "hf")
+    assert type(final).__name__ == "DLLMLlamaForCausalLM"
     info = json.loads((base / "run_info.json").read_text())
     assert info["config_hash"] and info["wall_time_s"] > 0
     assert (finished_run / "logs" / "micro" / "prepare_base.log").is_file()
@@ -80,9 +93,26 @@ def test_second_run_has_nothing_to_do(finished_run):
 def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
+    dllm_and_after = {
+        "finetune_dllm": 1,
+        "merge_lora": 1,
+        "convert_hf": 1,
+        "eval_dllm": 1,
+        "all": 1,
+    }
     jobs = _jobs(snakemake(finished_run, "-n", config=changed).stdout)
-    assert jobs == {"stage_config": 1, "prepare_base": 1, "all": 1}
+    assert jobs == {"stage_config": 1, "prepare_base": 1, **dllm_and_after}
     data_change = tmp_path / "data.yaml"
-    data_change.write_text(MICRO_CONFIG.read_text().replace("n: 16", "n: 17"))
+    data_change.write_text(
+        MICRO_CONFIG.read_text().replace(
+            "distill_prompts:\n    n: 16", "distill_prompts:\n    n: 17"
+        )
+    )
     jobs = _jobs(snakemake(finished_run, "-n", config=data_change).stdout)
-    assert jobs == {"stage_config": 1, "prepare_data": 1, "prepare_base": 1, "all": 1}
+    assert jobs == {"stage_config": 1, "prepare_data": 1, "prepare_base": 1, **dllm_and_after}
+    dllm_change = tmp_path / "dllm.yaml"
+    dllm_change.write_text(
+        MICRO_CONFIG.read_text().replace("router_hidden: 16", "router_hidden: 12")
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=dllm_change).stdout)
+    assert jobs == {"stage_config": 1, **dllm_and_after}

@@ -1,0 +1,112 @@
+"""D-LLM training, LoRA merge and HF conversion on the micro base model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from spadec.base.prepare import prepare_base
+from spadec.config import resolve_stage
+from spadec.dllm.build import dllm_config_from, dllm_from_base
+from spadec.dllm.data import IGNORE, collate, encode_example
+from spadec.dllm.merge import convert_hf, merge_lora
+from spadec.dllm.train import activation_loss, finetune, learning_rate, sparsity_weight
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_base(micro_config, micro_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro_base") / "base"
+    prepare_base(resolve_stage(micro_config, "micro", "base"), micro_data, out, out.parent / "ckpt")
+    return out
+
+
+def _settings(micro_config, **overrides):
+    settings = resolve_stage(micro_config, "micro", "dllm")
+    settings.update(overrides)
+    return settings
+
+
+def test_sparsity_schedule_and_loss_by_hand():
+    assert sparsity_weight(0, 2, 5.0) == 0.0
+    assert sparsity_weight(1, 2, 5.0) == pytest.approx(5.0 * 2**-0.5)
+    assert sparsity_weight(3, 2, 5.0) == 5.0
+    assert learning_rate(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert learning_rate(100, 100, 10, 1.0) == pytest.approx(0.0)
+    gates = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    loss, share = activation_loss(gates, mask, target=0.5, reserve=1)
+    # Only position 1 counts (position 0 is reserved, position 2 is masked): share 1.0.
+    assert share.item() == pytest.approx(1.0) and loss.item() == pytest.approx(0.5)
+
+
+def test_answer_only_labels(micro_base):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(micro_base)
+    ex = encode_example(tok, {"instruction": "Say hi.", "response": "hi there"}, 64)
+    supervised = [
+        t for t, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != IGNORE
+    ]
+    assert tok.decode(supervised).startswith("hi there")
+    batch = collate([ex, {"input_ids": [1, 2], "labels": [IGNORE, 2]}], tok.pad_token_id)
+    assert (
+        batch["attention_mask"][1].tolist()[:2] == [1, 1]
+        and batch["labels"][1, 2:].eq(IGNORE).all()
+    )
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match="no D-LLM variant for model_type 'gpt2'"):
+        dllm_config_from(GPT2Config(), {})
+
+
+def test_finetune_merge_convert_round_trip(micro_config, micro_data, micro_base, tmp_path):
+    settings = _settings(micro_config)
+    metrics = finetune(settings, micro_base, micro_data, tmp_path / "adapter", tmp_path / "ckpt")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert metrics["steps"] > 0 and metrics["history"]
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("router" in k for k in adapter)
+
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(
+        dllm_from_base(micro_base, settings), str(tmp_path / "adapter")
+    ).eval()
+    merge_lora(tmp_path / "adapter", micro_base, settings, tmp_path / "merged")
+    info = convert_hf(tmp_path / "merged", tmp_path / "hf", "float32")
+    assert info["model_type"] == "spadec_dllm_llama"
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "spadec_dllm_llama" and "router_hidden" in config
+    ids = torch.randint(3, 200, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = peft_model(input_ids=ids), final(ids)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(after.gates, before.gates)
+
+
+def test_finetune_resumes_from_its_checkpoint(micro_config, micro_data, micro_base, tmp_path):
+    settings = _settings(micro_config)
+    ref = finetune(settings, micro_base, micro_data, tmp_path / "ref", tmp_path / "ck_ref")
+    # A run that stopped after its first checkpoint: same checkpoint folder, shorter life.
+    ckpt = tmp_path / "ck"
+    from spadec.checkpoint import list_checkpoints
+
+    finetune(settings, micro_base, micro_data, tmp_path / "first", ckpt)
+    steps = [c.step for c in list_checkpoints(ckpt)]
+    assert steps and max(steps) < ref["steps"]
+    resumed = finetune(settings, micro_base, micro_data, tmp_path / "out", ckpt)
+    assert resumed["resumed_from_step"] == max(steps)
+    a = load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
