@@ -110,3 +110,35 @@ def test_launcher_leases_a_gpu_for_the_child(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "VISIBLE 0 1" in proc.stdout
     assert "leased GPU(s) 0" in proc.stderr
+
+
+def test_dllm_cached_decoding_on_cuda_matches_its_full_forward():
+    from spadec.dllm.cache import LayerSkipCache
+    from spadec.dllm.configuration import DLLMLlamaConfig
+    from spadec.dllm.inference import forward_step
+    from spadec.dllm.modeling import DLLMLlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = DLLMLlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        router_hidden=32,
+    )
+    model = DLLMLlamaForCausalLM(cfg).cuda().eval()
+    for i in cfg.dynamic_layers():  # routers that skip about half of the tokens
+        torch.nn.init.normal_(model.model.layers[i].router.linear_2.weight, std=1.0)
+        model.model.layers[i].router.linear_2.bias.data.zero_()
+    ids = torch.randint(3, 512, (1, 24), device="cuda")
+    with torch.no_grad():
+        full = model(ids)
+    cache = LayerSkipCache.empty(cfg.num_hidden_layers)
+    logits, gates = zip(
+        *(forward_step(model, c, cache) for c in (ids[:, :10], *ids[:, 10:].split(1, 1))),
+        strict=True,
+    )
+    assert torch.equal(torch.cat(gates), full.gates[0])
+    torch.testing.assert_close(torch.cat(logits, 1), full.logits, rtol=1e-4, atol=1e-4)
