@@ -11,7 +11,8 @@ import torch
 
 from spadec.base.chat import dialogue_text, prompt_ids
 from spadec.decoding.autoregressive import greedy_decode
-from spadec.dllm.inference import dllm_decode
+from spadec.dllm.cache import LayerSkipCache
+from spadec.dllm.inference import dllm_decode, forward_step
 from spadec.io import read_jsonl
 from spadec.logs import progress
 
@@ -36,6 +37,25 @@ def score(model, sequences: list[list[int]], is_dllm: bool) -> dict:
         result["executed_share"] = g.mean().item()
         result["layer_execution_rate"] = [round(x, 4) for x in g.mean(0).tolist()]
     return result
+
+
+@torch.inference_mode()
+def cache_consistency(model, prompt: torch.Tensor, continuation: list[int]) -> dict:
+    """Cached decoding (prompt, then one token at a time) against one full forward of the
+    same sequence: the largest logit difference and whether every skip decision agrees."""
+    seq = torch.cat([prompt, torch.tensor([continuation], device=prompt.device)], dim=1)
+    full = model(input_ids=seq)
+    cache = LayerSkipCache.empty(model.config.num_hidden_layers)
+    parts = [forward_step(model, prompt, cache)]
+    parts += [
+        forward_step(model, seq[:, t : t + 1], cache) for t in range(prompt.shape[1], seq.shape[1])
+    ]
+    logits = torch.cat([p[0] for p in parts], dim=1)
+    gates = torch.cat([p[1] for p in parts])
+    return {
+        "cache_vs_full_max_abs_diff": (logits - full.logits).abs().max().item(),
+        "cache_vs_full_same_gates": bool(torch.equal(gates, full.gates[0])),
+    }
 
 
 def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) -> dict:
@@ -87,6 +107,8 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
                 "dllm": tokenizer.decode(s.output_ids, skip_special_tokens=True),
             }
         )
+    first = torch.tensor([prompt_ids(tokenizer, prompts[0]["turns"][0])], device=device)
+    consistency = cache_consistency(dllm, first, dllm_decode(dllm, first, 16).output_ids[:-1])
     dense_tps = totals["dense"][0] / totals["dense"][1]
     dllm_tps = totals["dllm"][0] / totals["dllm"][1]
     return {
@@ -101,6 +123,7 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
         "greedy_tokens_per_s_dense": round(dense_tps, 2),
         "greedy_tokens_per_s_dllm": round(dllm_tps, 2),
         "decode_speedup": round(dllm_tps / dense_tps, 3),
+        **consistency,
         "device": str(device),
         "samples": samples,
     }

@@ -77,6 +77,8 @@ def test_outputs_exist_and_load(finished_run):
         "greedy_tokens_per_s_dllm",
     ):
         assert key in dllm
+    # The trained model's cached decoding equals its full forward (skips included).
+    assert dllm["cache_vs_full_same_gates"] and dllm["cache_vs_full_max_abs_diff"] < 1e-4
     final = AutoModelForCausalLM.from_pretrained(finished_run / "results" / "micro" / "dllm" / "hf")
     assert type(final).__name__ == "DLLMLlamaForCausalLM"
     info = json.loads((base / "run_info.json").read_text())
