@@ -110,3 +110,49 @@ def test_finetune_resumes_from_its_checkpoint(micro_config, micro_data, micro_ba
     b = load_file(tmp_path / "out" / "adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
+def test_finetune_in_two_cpu_processes(micro_config, micro_data, micro_base, tmp_path):
+    """One launcher, two ranks over gloo (as a multi-GPU job runs them, one per GPU)."""
+    import subprocess
+    import sys
+
+    from spadec.io import write_json
+    from tests.conftest import REPO
+
+    settings = _settings(micro_config)
+    write_json(tmp_path / "dllm.json", settings)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spadec.launch",
+            "--gpus",
+            "0",
+            "--nproc",
+            "2",
+            "--",
+            str(REPO / "workflow_scripts" / "finetune_dllm.py"),
+            "--config",
+            str(tmp_path / "dllm.json"),
+            "--base",
+            str(micro_base),
+            "--data",
+            str(micro_data),
+            "--ckpt",
+            str(tmp_path / "ck"),
+            "--out",
+            str(tmp_path / "adapter"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "adapter" / "metrics.json").read_text())
+    single_steps = max(
+        1, round(settings["epochs"] * (metrics["examples"] // settings["batch_size"]))
+    )
+    # Two ranks split each epoch: half the optimizer steps of one process.
+    assert metrics["steps"] < single_steps
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
