@@ -123,18 +123,8 @@ def _records_from_module(modname: str, path: Path, max_chars: int) -> Iterator[d
             "response": f"The `{modname}` module: " + _truncate(inspect.cleandoc(doc), max_chars),
         }
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith(
-            "_"
-        ):
-            fdoc = ast.get_docstring(node)
-            if fdoc:
-                qual = f"{modname}.{node.name}"
-                yield {
-                    "kind": "function",
-                    "name": qual,
-                    "response": f"`{qual}{_signature(node)}`: "
-                    + _truncate(inspect.cleandoc(fdoc), max_chars),
-                }
+        if _is_public_function(node):
+            yield from _callable_record("function", f"{modname}.{node.name}", node, max_chars)
         elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             qual = f"{modname}.{node.name}"
             cdoc = ast.get_docstring(node)
@@ -146,18 +136,21 @@ def _records_from_module(modname: str, path: Path, max_chars: int) -> Iterator[d
                     + _truncate(inspect.cleandoc(cdoc), max_chars),
                 }
             for sub in node.body:
-                if isinstance(
-                    sub, ast.FunctionDef | ast.AsyncFunctionDef
-                ) and not sub.name.startswith("_"):
-                    mdoc = ast.get_docstring(sub)
-                    if mdoc:
-                        mqual = f"{qual}.{sub.name}"
-                        yield {
-                            "kind": "method",
-                            "name": mqual,
-                            "response": f"`{mqual}{_signature(sub)}`: "
-                            + _truncate(inspect.cleandoc(mdoc), max_chars),
-                        }
+                if _is_public_function(sub):
+                    yield from _callable_record("method", f"{qual}.{sub.name}", sub, max_chars)
+
+
+def _is_public_function(node: ast.AST) -> bool:
+    return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith(
+        "_"
+    )
+
+
+def _callable_record(kind: str, qual: str, node, max_chars: int) -> Iterator[dict]:
+    doc = ast.get_docstring(node)
+    if doc:
+        text = _truncate(inspect.cleandoc(doc), max_chars)
+        yield {"kind": kind, "name": qual, "response": f"`{qual}{_signature(node)}`: {text}"}
 
 
 def iter_stdlib_records(max_response_chars: int = 600, root: Path | None = None) -> Iterator[dict]:

@@ -6,32 +6,26 @@ import time
 
 import torch
 from torch.nn import functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from spadec.decoding.autoregressive import DecodeResult, sync
 from spadec.dllm.cache import LayerSkipCache
+from spadec.dllm.modeling import attention_output, project_qkv
 
 
 def _attend_cached(layer, x_norm, cos, sin, cache: LayerSkipCache, idx: int) -> torch.Tensor:
     """Attention of the executing new tokens over the layer's cache and each other."""
     attn = layer.self_attn
     n = x_norm.shape[1]
-    shape = (1, n, -1, attn.head_dim)
-    q = attn.q_proj(x_norm).view(shape).transpose(1, 2)
-    k = attn.k_proj(x_norm).view(shape).transpose(1, 2)
-    v = attn.v_proj(x_norm).view(shape).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k, v = project_qkv(attn, x_norm, cos, sin)
     k_all, v_all = cache.append(idx, k, v)
-    k_all = repeat_kv(k_all, attn.num_key_value_groups)
-    v_all = repeat_kv(v_all, attn.num_key_value_groups)
-    scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling
+    scores = torch.matmul(q, repeat_kv(k_all, attn.num_key_value_groups).transpose(2, 3))
+    scores = scores * attn.scaling
     if n > 1:  # new tokens see the cache and the new tokens up to themselves
         past = k_all.shape[2] - n
         blocked = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
         scores[..., past:] = scores[..., past:].masked_fill(blocked, torch.finfo(scores.dtype).min)
-    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(v_all.dtype)
-    out = torch.matmul(probs, v_all).transpose(1, 2).reshape(1, n, -1)
-    return attn.o_proj(out)
+    return attention_output(attn, scores, v_all)
 
 
 @torch.inference_mode()

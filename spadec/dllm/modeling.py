@@ -48,21 +48,31 @@ def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask):
     sparsity pressure could act.)
     """
     attn = layer.self_attn
-    bsz, length, _ = x_norm.shape
-    shape = (bsz, length, -1, attn.head_dim)
+    q, k, v = project_qkv(attn, x_norm, cos, sin)
+    scores = torch.matmul(q, repeat_kv(k, attn.num_key_value_groups).transpose(2, 3)) * attn.scaling
+    scores = scores + additive_mask
+    if key_keep is not None:
+        evicted = key_keep.detach()[:, None, None, :] == 0
+        scores = scores.masked_fill(evicted, torch.finfo(scores.dtype).min)
+    return attention_output(attn, scores, v)
+
+
+def project_qkv(attn, x_norm, cos, sin):
+    """Queries, keys and values of an attention module, RoPE applied: [B, heads, L, head_dim]."""
+    shape = (*x_norm.shape[:2], -1, attn.head_dim)
     q = attn.q_proj(x_norm).view(shape).transpose(1, 2)
     k = attn.k_proj(x_norm).view(shape).transpose(1, 2)
     v = attn.v_proj(x_norm).view(shape).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    k = repeat_kv(k, attn.num_key_value_groups)
-    v = repeat_kv(v, attn.num_key_value_groups)
-    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive_mask
-    if key_keep is not None:
-        evicted = key_keep.detach()[:, None, None, :] == 0
-        scores = scores.masked_fill(evicted, torch.finfo(scores.dtype).min)
+    return q, k, v
+
+
+def attention_output(attn, scores, v):
+    """softmax(scores) @ v (keys' heads repeated for grouped-query attention), then o_proj."""
     probs = F.softmax(scores, dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(bsz, length, -1)
-    return attn.o_proj(out)
+    v = repeat_kv(v, attn.num_key_value_groups)
+    out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2)
+    return attn.o_proj(out.reshape(*out.shape[:2], -1))
 
 
 def causal_mask(length: int, dtype, device, attention_mask=None) -> torch.Tensor:
