@@ -94,20 +94,67 @@ def test_finetune_merge_convert_round_trip(micro_config, micro_data, micro_base,
     assert torch.equal(after.gates, before.gates)
 
 
-def test_finetune_resumes_from_its_checkpoint(micro_config, micro_data, micro_base, tmp_path):
-    settings = _settings(micro_config)
-    ref = finetune(settings, micro_base, micro_data, tmp_path / "ref", tmp_path / "ck_ref")
-    # A run that stopped after its first checkpoint: same checkpoint folder, shorter life.
-    ckpt = tmp_path / "ck"
-    from spadec.checkpoint import list_checkpoints
+def test_finetune_resumes_after_kill_to_the_same_adapter(
+    micro_config, micro_data, micro_base, tmp_path
+):
+    """SIGKILL the job after its first checkpoint; the restarted job must end with exactly the
+    adapter of an unbroken run (same batches, Gumbel noise and dropout per step)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    finetune(settings, micro_base, micro_data, tmp_path / "first", ckpt)
-    steps = [c.step for c in list_checkpoints(ckpt)]
-    assert steps and max(steps) < ref["steps"]
-    resumed = finetune(settings, micro_base, micro_data, tmp_path / "out", ckpt)
-    assert resumed["resumed_from_step"] == max(steps)
+    from spadec.io import write_json
+    from tests.conftest import REPO
+
+    settings = _settings(micro_config, epochs=1.0, checkpoint_every=4)
+    write_json(tmp_path / "dllm.json", settings)
+
+    def cmd(out, ckpt):
+        return [
+            sys.executable,
+            str(REPO / "workflow_scripts" / "finetune_dllm.py"),
+            "--config",
+            str(tmp_path / "dllm.json"),
+            "--base",
+            str(micro_base),
+            "--data",
+            str(micro_data),
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(out),
+        ]
+
+    env = {**os.environ, "SPADEC_NO_PROGRESS": "1"}
+    subprocess.run(
+        cmd(tmp_path / "ref", tmp_path / "ck_ref"),
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    ckpt = tmp_path / "ck"
+    proc = subprocess.Popen(
+        cmd(tmp_path / "out", ckpt), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (ckpt / "step_4" / "state.json").exists():
+        assert proc.poll() is None, "job ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "out").exists(), "a killed job must not leave an output"
+    subprocess.run(
+        cmd(tmp_path / "out", ckpt), env=env, check=True, capture_output=True, timeout=600
+    )
+    resumed = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] >= 4 and resumed["steps"] > resumed["resumed_from_step"]
     a = load_file(tmp_path / "ref" / "adapter_model.safetensors")
     b = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
