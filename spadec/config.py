@@ -95,8 +95,6 @@ def _format_error(err, schema_root: dict) -> str:
                 else f" (allowed: {', '.join(sorted(allowed))})"
             )
             return f"unknown config key '{_key(path + [unknown[0]])}'{tip}"
-    if err.validator == "required":
-        return f"config key '{_key(path)}': {err.message}"
     return f"config key '{_key(path)}': {err.message}"
 
 

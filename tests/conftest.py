@@ -61,3 +61,20 @@ def micro_config() -> dict:
     from spadec.config import load_yaml, validate_config
 
     return validate_config(load_yaml(MICRO_CONFIG))
+
+
+def kill_after_checkpoint(
+    cmd: list[str], state_file: Path, env: dict, timeout: float = 300
+) -> None:
+    """Start a training job, SIGKILL it as soon as `state_file` (a complete checkpoint) exists."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not state_file.exists():
+        assert proc.poll() is None, "job ended before its first checkpoint"
+        assert time.time() < deadline, f"no {state_file} after {timeout} s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)

@@ -119,7 +119,7 @@ def lr_at(step: int, p: dict) -> float:
     return p["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def load_or_train_tokenizer(settings: dict, data_dir: Path, ckpt_dir: Path, documents, dialogues):
+def load_or_train_tokenizer(settings: dict, ckpt_dir: Path, documents, dialogues):
     """The tokenizer is part of the resumable state: a resumed run must reuse it exactly."""
     from transformers import AutoTokenizer
 
@@ -148,10 +148,10 @@ def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: i
     accel = Accelerator(mixed_precision=p["mixed_precision"], cpu=not torch.cuda.is_available())
     if accel.is_main_process:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer = load_or_train_tokenizer(settings, data_dir, ckpt_dir, documents, dialogues)
+        tokenizer = load_or_train_tokenizer(settings, ckpt_dir, documents, dialogues)
     accel.wait_for_everyone()
     if not accel.is_main_process:
-        tokenizer = load_or_train_tokenizer(settings, data_dir, ckpt_dir, documents, dialogues)
+        tokenizer = load_or_train_tokenizer(settings, ckpt_dir, documents, dialogues)
     streams = token_streams(tokenizer, documents, dialogues)
     log.info(
         "token streams: text %d, chat %d tokens; vocab %d",

@@ -6,10 +6,8 @@ import copy
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from spadec.base.prepare import prepare_base
 from spadec.base.sources import BaseSourceError, load_hf, packaged_gguf_path
 from spadec.base.tokenizer import train_bpe_tokenizer
 from spadec.config import resolve_stage
-from tests.conftest import MICRO_CONFIG
+from tests.conftest import MICRO_CONFIG, kill_after_checkpoint
 
 
 def test_tokenizer_round_trip_and_chat_template():
@@ -104,19 +102,11 @@ def test_pretrain_resumes_after_kill_to_the_same_weights(micro_config, micro_dat
     )
 
     ckpt = tmp_path / "ck"
-    proc = subprocess.Popen(
+    kill_after_checkpoint(
         [*cmd, "--out", str(tmp_path / "out"), "--ckpt", str(ckpt)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ckpt / "step_5" / "state.json",
+        env,
     )
-    deadline = time.time() + 300
-    while not (ckpt / "step_5" / "state.json").exists():
-        assert proc.poll() is None, "job ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
     assert not (tmp_path / "out").exists(), "a killed job must not leave an output"
 
     resumed = subprocess.run(

@@ -100,13 +100,11 @@ def test_finetune_resumes_after_kill_to_the_same_adapter(
     """SIGKILL the job after its first checkpoint; the restarted job must end with exactly the
     adapter of an unbroken run (same batches, Gumbel noise and dropout per step)."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from spadec.io import write_json
-    from tests.conftest import REPO
+    from tests.conftest import REPO, kill_after_checkpoint
 
     settings = _settings(micro_config, epochs=1.0, checkpoint_every=4)
     write_json(tmp_path / "dllm.json", settings)
@@ -136,16 +134,7 @@ def test_finetune_resumes_after_kill_to_the_same_adapter(
         timeout=600,
     )
     ckpt = tmp_path / "ck"
-    proc = subprocess.Popen(
-        cmd(tmp_path / "out", ckpt), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while not (ckpt / "step_4" / "state.json").exists():
-        assert proc.poll() is None, "job ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_after_checkpoint(cmd(tmp_path / "out", ckpt), ckpt / "step_4" / "state.json", env)
     assert not (tmp_path / "out").exists(), "a killed job must not leave an output"
     subprocess.run(
         cmd(tmp_path / "out", ckpt), env=env, check=True, capture_output=True, timeout=600
