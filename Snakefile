@@ -19,6 +19,7 @@ include: "rules/config.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/dllm.smk"
+include: "rules/eagle.smk"
 
 
 rule all:
@@ -27,4 +28,5 @@ rule all:
         expand("results/{model}/data", model=MODELS),
         expand("results/{model}/base", model=MODELS),
         expand("results/{model}/dllm/metrics.json", model=MODELS),
+        expand("results/{model}/eagle/eval", model=MODELS),
     localrule: True

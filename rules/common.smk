@@ -9,7 +9,15 @@ REPO = Path(workflow.basedir)
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from spadec.config import ConfigError, STAGES, load_schema, resolve_stage, validate_config
+import re
+
+from spadec.config import (
+    ConfigError,
+    SETTINGS_FILES,
+    load_schema,
+    resolve_stage,
+    validate_config,
+)
 from spadec.io import write_json
 
 SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
@@ -33,7 +41,9 @@ shell.prefix(f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; SPAD
 
 wildcard_constraints:
     model="|".join(MODELS),
-    stage="|".join(STAGES),
+    target="dense|dllm",
+    shard=r"\d+",
+    stage="|".join(re.escape(s) for s in SETTINGS_FILES),
 
 
 def stage_settings(model, stage):
@@ -49,3 +59,20 @@ def stage_gpus(stage):
 def script(name):
     """Path of a thin entry point in workflow_scripts/ (passed to rules as a param)."""
     return str(REPO / "workflow_scripts" / f"{name}.py")
+
+
+def target_dir(wc):
+    """The target model a {target} wildcard names."""
+    if wc.target == "dense":
+        return f"results/{wc.model}/base"
+    return f"results/{wc.model}/dllm/hf"
+
+
+def eagle_shards(wc):
+    count = stage_settings(wc.model, "eagle")["shards"]
+    return expand(
+        "results/{model}/eagle/{target}/data/shard_{shard}",
+        model=wc.model,
+        target=wc.target,
+        shard=range(count),
+    )

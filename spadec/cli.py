@@ -3,6 +3,8 @@
 spadec check-config config.yaml [--model M --stage S]   validate; print resolved settings
 spadec prepare-data  --configfile C --model M --out DIR
 spadec prepare-base  --configfile C --model M --data DIR --out DIR [--ckpt DIR]
+spadec generate --method M --results results/tiny --prompt "..."   decode one prompt; print
+                                                          tokens/s, tau, acceptance histogram
 spadec launch --gpus N -- script.py ARGS                 = python -m spadec.launch
 """
 
@@ -65,6 +67,69 @@ def cmd_import_dllm(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import torch
+
+    from spadec.base.chat import prompt_ids
+    from spadec.decoding.draft import TreeParams
+    from spadec.decoding.methods import Models, run_method
+    from spadec.io import read_json
+
+    results = Path(args.results) if args.results else None
+
+    def pick(explicit, *parts):
+        if explicit:
+            return explicit
+        return str(results.joinpath(*parts)) if results else None
+
+    models = Models.load(
+        [args.method],
+        pick(args.base, "base"),
+        pick(args.dllm, "dllm", "hf"),
+        pick(args.head_dense, "eagle", "dense", "head"),
+        pick(args.head_dllm, "eagle", "dllm", "head"),
+        args.dtype,
+    )
+    tok = models.tokenizer
+    target = models.dense if models.dense is not None else models.dllm
+    ids = torch.tensor([prompt_ids(tok, args.prompt)], device=next(target.parameters()).device)
+    stage_cfg = results / "config" / "eagle.decode.json" if results else None
+    tree = read_json(stage_cfg) if stage_cfg and stage_cfg.is_file() else {}
+    params = TreeParams(
+        args.total_tokens or tree.get("total_tokens", 60),
+        args.depth if args.depth is not None else tree.get("depth", 5),
+        args.top_k or tree.get("top_k", 10),
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    res = run_method(
+        args.method,
+        models,
+        ids,
+        args.max_new_tokens,
+        params,
+        tok.eos_token_id,
+        args.temperature,
+        gen,
+    )
+    print(tok.decode(res.output_ids, skip_special_tokens=True))
+    print(
+        f"[{args.method}] {res.new_tokens} tokens in {res.wall_s:.3f} s = "
+        f"{res.tokens_per_s:.1f} tokens/s, {res.target_forwards} target forwards",
+        file=sys.stderr,
+    )
+    extra = {k: v for k, v in res.extra.items() if not isinstance(v, list)}
+    if "tau" in extra:
+        print(
+            f"  tau {extra['tau']:.2f}, accepted drafts per step: {extra['accept_histogram']}",
+            file=sys.stderr,
+        )
+    print(
+        "  " + json.dumps({k: v for k, v in extra.items() if k not in ("tau", "accept_histogram")}),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from spadec.logs import setup_logging
 
@@ -109,6 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_import_dllm)
+    p = sub.add_parser("generate", help="decode one prompt with one method; print counters")
+    p.add_argument("--method", required=True, choices=["ar", "dllm", "eagle2", "eagle2_dllm"])
+    p.add_argument("--prompt", required=True, help="the user turn (the chat template is applied)")
+    p.add_argument("--results", help="a model's results dir (results/<model>): default model paths")
+    p.add_argument("--base", help="dense target directory (default <results>/base)")
+    p.add_argument("--dllm", help="D-LLM target directory (default <results>/dllm/hf)")
+    p.add_argument("--head-dense", help="EAGLE head of the dense target")
+    p.add_argument("--head-dllm", help="EAGLE head of the D-LLM target")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--total-tokens",
+        type=int,
+        help="tree size, root included (default: <results>/config/eagle.decode.json, else 60)",
+    )
+    p.add_argument("--depth", type=int, help="expansion steps (default: as above, else 5)")
+    p.add_argument("--top-k", type=int, help="children per node (default: as above, else 10)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_generate)
     sub.add_parser("launch", help="start a stage script (see python -m spadec.launch -h)")
     args = parser.parse_args(argv)
     setup_logging()
@@ -116,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"spadec: config error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        if args.command != "generate":
+            raise
+        print(f"spadec: {err}", file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,43 @@ from typing import Any
 import yaml
 
 STAGES = ("data", "base", "dllm", "eagle", "predictor", "eval")
+# Stages whose rules each read only some keys get one settings file per part
+# ("eagle.train" -> results/{model}/config/eagle.train.json), so a changed knob reruns
+# only the rules that read it. Keys listed under RESOURCE_KEYS size jobs (Snakemake
+# resources) and never rerun anything.
+STAGE_PARTS = {
+    "eagle": {
+        "distill": (
+            "dtype",
+            "distill_max_new_tokens",
+            "distill_batch_size",
+            "distill_temperature",
+        ),
+        "data": ("dtype", "shards", "feature_dtype", "data_batch_size", "max_len"),
+        "train": (
+            "lr",
+            "micro_batch",
+            "grad_accum",
+            "grad_clip",
+            "epochs",
+            "noise_amplitude",
+            "max_len",
+            "heldout_fraction",
+            "train_precision",
+            "warmup_steps",
+            "weight_decay",
+            "value_weight",
+            "prob_weight",
+            "checkpoint_every",
+            "log_every",
+        ),
+        "decode": ("dtype", "total_tokens", "depth", "top_k", "eval"),
+    },
+}
+RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus")}
+SETTINGS_FILES = STAGES + tuple(
+    f"{stage}.{part}" for stage, parts in STAGE_PARTS.items() for part in parts
+)
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
@@ -144,7 +181,17 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def resolve_stage(config: dict, model: str, stage: str, schema: dict | None = None) -> dict:
-    """The settings `stage` runs with for `model`: top-level section + the model's overrides."""
+    """The settings `stage` runs with for `model`: top-level section + the model's overrides.
+
+    `stage` may name a part ("eagle.train"): then only that part's keys (and `seed`)."""
+    if "." in stage:
+        whole, part = stage.split(".", 1)
+        if part not in STAGE_PARTS.get(whole, {}):
+            raise ConfigError(
+                f"unknown settings part '{stage}' (one of {', '.join(SETTINGS_FILES)})"
+            )
+        full = resolve_stage(config, model, whole, schema)
+        return {k: full[k] for k in (*STAGE_PARTS[whole][part], "seed")}
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
     if model not in config.get("models", {}):

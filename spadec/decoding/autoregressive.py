@@ -1,4 +1,4 @@
-"""Greedy autoregressive decoding with a KV cache: the `ar` baseline."""
+"""Autoregressive decoding with a KV cache, greedy or sampled: the `ar` baseline."""
 
 from __future__ import annotations
 
@@ -26,11 +26,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def pick_token(logits: torch.Tensor, temperature: float, generator=None) -> int:
+    """argmax at temperature 0, else a sample from softmax(logits / temperature) (on the CPU,
+    so a seeded CPU generator reproduces it on any device)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 @torch.inference_mode()
 def greedy_decode(
-    model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> DecodeResult:
-    """Greedy decoding, one target forward per new token; timed with device syncs."""
+    """One target forward per new token (greedy at temperature 0); timed with device syncs."""
     from transformers import DynamicCache
 
     from spadec.compat import with_cache
@@ -43,7 +57,7 @@ def greedy_decode(
     out: list[int] = []
     forwards = 1
     for _ in range(max_new_tokens):
-        next_id = int(logits[0, -1].argmax())
+        next_id = pick_token(logits[0, -1], temperature, generator)
         out.append(next_id)
         if eos_token_id is not None and next_id == eos_token_id:
             break

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from spadec.decoding.autoregressive import DecodeResult, sync
+from spadec.decoding.autoregressive import DecodeResult, pick_token, sync
 from spadec.dllm.cache import LayerSkipCache
 from spadec.dllm.modeling import attention_output, project_qkv
 
@@ -70,13 +69,6 @@ def forward_step(
     return logits, torch.stack(gates, dim=-1)
 
 
-def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 @torch.inference_mode()
 def dllm_decode(
     model,
@@ -100,7 +92,7 @@ def dllm_decode(
     step_gates = []
     forwards = 1
     while True:
-        next_id = _pick(logits[0, -1], temperature, generator)
+        next_id = pick_token(logits[0, -1], temperature, generator)
         out.append(next_id)
         if len(out) == max_new_tokens or (eos_token_id is not None and next_id == eos_token_id):
             break

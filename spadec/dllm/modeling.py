@@ -32,6 +32,7 @@ class DLLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     gates: torch.Tensor | None = None  # [B, L, num_layers], 1 = executed (static layers: 1)
+    features: torch.Tensor | None = None  # [B, L, d] final-norm output (what feeds lm_head)
 
 
 def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask):
@@ -146,13 +147,16 @@ class DLLMMixin:
             wt = w[..., None].to(hidden.dtype)
             hidden = wt * out + (1 - wt) * hidden
             gates.append(w)
-        logits = self.lm_head(body.norm(hidden))
+        features = body.norm(hidden)
+        logits = self.lm_head(features)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
             )
-        return DLLMOutput(loss=loss, logits=logits, gates=torch.stack(gates, dim=-1))
+        return DLLMOutput(
+            loss=loss, logits=logits, gates=torch.stack(gates, dim=-1), features=features
+        )
 
 
 class DLLMLlamaForCausalLM(DLLMMixin, LlamaForCausalLM):

@@ -161,3 +161,22 @@ def test_environment_yml_has_the_same_pins_as_requirements():
     ):
         assert name in req, f"{name} must be pinned exactly"
     assert env == req
+
+
+def test_stage_parts_cover_every_key_and_isolate_their_rules():
+    from spadec.config import RESOURCE_KEYS, STAGE_PARTS, load_schema
+
+    schema = load_schema()
+    for stage, parts in STAGE_PARTS.items():
+        keys = set(schema["$defs"][stage]["properties"])
+        covered = set().union(*parts.values()) | set(RESOURCE_KEYS.get(stage, ()))
+        assert keys == covered, f"{stage} keys not in any part: {sorted(keys - covered)}"
+    config = validate_config(load_yaml(REPO / "config.yaml"))
+    before = {p: resolve_stage(config, "tiny", f"eagle.{p}") for p in STAGE_PARTS["eagle"]}
+    changed = copy.deepcopy(config)
+    changed["eagle"]["lr"] = 0.5
+    after = {p: resolve_stage(changed, "tiny", f"eagle.{p}") for p in STAGE_PARTS["eagle"]}
+    assert [p for p in before if before[p] != after[p]] == ["train"]
+    assert after["train"]["lr"] == 0.5 and "seed" in after["train"]
+    with pytest.raises(ConfigError, match="unknown settings part"):
+        resolve_stage(config, "tiny", "eagle.nope")

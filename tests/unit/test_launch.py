@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import threading
@@ -52,6 +53,13 @@ def test_cpu_jobs_hide_gpus_and_leased_jobs_see_theirs():
     assert child_env(0, None, base={})["CUDA_VISIBLE_DEVICES"] == ""
     assert child_env(2, ["3", "5"], base={})["CUDA_VISIBLE_DEVICES"] == "3,5"
     assert child_env(1, None, base={"CUDA_VISIBLE_DEVICES": "7"})["CUDA_VISIBLE_DEVICES"] == "7"
+
+
+def test_cpu_ranks_share_the_cores_instead_of_each_taking_all():
+    assert "OMP_NUM_THREADS" not in child_env(0, None, base={}, nproc=1)
+    threads = int(child_env(0, None, base={}, nproc=2)["OMP_NUM_THREADS"])
+    assert threads >= 1 and threads * 2 <= max(2, len(os.sched_getaffinity(0)))
+    assert child_env(0, None, base={"OMP_NUM_THREADS": "3"}, nproc=2)["OMP_NUM_THREADS"] == "3"
 
 
 def test_lease_is_skipped_under_slurm_or_explicit_devices():

@@ -86,6 +86,28 @@ def test_outputs_exist_and_load(finished_run):
     assert (finished_run / "logs" / "micro" / "prepare_base.log").is_file()
 
 
+def test_eagle_stage_outputs(finished_run):
+    from spadec.eagle.data import ShardReader
+    from spadec.eagle.head import load_head
+
+    eagle = finished_run / "results" / "micro" / "eagle"
+    for target in ("dense", "dllm"):
+        distilled = (eagle / target / "distill" / "distill.jsonl").read_text().splitlines()
+        assert len(distilled) == 16  # every distill prompt answered by the target itself
+        shards = [eagle / target / "data" / f"shard_{i}" for i in range(2)]
+        assert len(ShardReader(shards)) == 16
+        head = load_head(eagle / target / "head")
+        assert head.config.num_hidden_layers == 1
+        metrics = json.loads((eagle / target / "head" / "metrics.json").read_text())
+        assert 0 <= metrics["heldout_top1"] <= metrics["heldout_top3"] <= 1
+    bench = json.loads((eagle / "eval" / "metrics.json").read_text())["methods"]
+    assert set(bench) == {"ar", "dllm", "eagle2", "eagle2_dllm"}
+    # greedy speculative decoding is lossless on the trained micro models
+    assert bench["eagle2"]["same_output_as_baseline"] == 1.0
+    assert bench["eagle2_dllm"]["same_output_as_baseline"] == 1.0
+    assert bench["eagle2"]["tau"] >= 1.0
+
+
 def test_second_run_has_nothing_to_do(finished_run):
     proc = snakemake(finished_run, "-n")
     assert proc.returncode == 0
@@ -95,12 +117,14 @@ def test_second_run_has_nothing_to_do(finished_run):
 def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
+    eagle_on_both = {"distill": 2, "eagle_data": 4, "train_eagle": 2, "eval_eagle": 1}
     dllm_and_after = {
         "finetune_dllm": 1,
         "merge_lora": 1,
         "convert_hf": 1,
         "eval_dllm": 1,
         "all": 1,
+        **eagle_on_both,
     }
     jobs = _jobs(snakemake(finished_run, "-n", config=changed).stdout)
     assert jobs == {"stage_config": 1, "prepare_base": 1, **dllm_and_after}
@@ -117,4 +141,15 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
         MICRO_CONFIG.read_text().replace("router_hidden: 16", "router_hidden: 12")
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=dllm_change).stdout)
-    assert jobs == {"stage_config": 1, **dllm_and_after}
+    # the dense target's EAGLE head does not depend on the D-LLM
+    eagle_on_dllm = {"distill": 1, "eagle_data": 2, "train_eagle": 1, "eval_eagle": 1}
+    assert jobs == {"stage_config": 1, **dllm_and_after, **eagle_on_dllm}
+    # EAGLE knobs rerun only the rules that read them (per-part settings files).
+    train_change = tmp_path / "train.yaml"
+    train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    jobs = _jobs(snakemake(finished_run, "-n", config=train_change).stdout)
+    assert jobs == {"stage_config": 1, "train_eagle": 2, "eval_eagle": 1, "all": 1}
+    tree_change = tmp_path / "tree.yaml"
+    tree_change.write_text(MICRO_CONFIG.read_text().replace("top_k: 2", "top_k: 3"))
+    jobs = _jobs(snakemake(finished_run, "-n", config=tree_change).stdout)
+    assert jobs == {"stage_config": 1, "eval_eagle": 1, "all": 1}

@@ -1,0 +1,81 @@
+"""EAGLE-2 speed: ar / dllm / eagle2 / eagle2_dllm side by side on held-out prompts.
+
+    python benchmarks/eagle_speed.py --results results/tiny
+    python benchmarks/eagle_speed.py --results results/tiny --trees 32/5/8 16/4/4 60/5/10
+
+For every tree (total_tokens/depth/top_k) the four methods decode the same prompts,
+interleaved prompt by prompt after a warm-up, greedy, in this one process; the figures to
+read are tau and the speedup ratios (eagle2 vs ar, eagle2_dllm vs dllm), both as the mean
+of per-prompt ratios and as the ratio of totals. Greedy outputs must match their
+baselines (lossless); the script exits 1 if they do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spadec.eagle.evaluate import evaluate_eagle
+from spadec.io import read_json
+from spadec.logs import setup_logging
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--results", required=True, help="a model's results dir, e.g. results/tiny")
+    parser.add_argument(
+        "--trees", nargs="+", help="total_tokens/depth/top_k (default: the config's)"
+    )
+    parser.add_argument("--prompts", type=int, help="held-out prompts (default: the config's)")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--json", help="write all summaries here")
+    args = parser.parse_args()
+    setup_logging("WARNING")
+    res = Path(args.results)
+    settings = read_json(res / "config" / "eagle.decode.json")
+    if args.prompts:
+        settings["eval"]["max_prompts"] = args.prompts
+    if args.max_new_tokens:
+        settings["eval"]["max_new_tokens"] = args.max_new_tokens
+    trees = args.trees or [f"{settings['total_tokens']}/{settings['depth']}/{settings['top_k']}"]
+    rows, lossless = [], True
+    for spec in trees:
+        total, depth, top_k = (int(x) for x in spec.split("/"))
+        s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
+        metrics, _ = evaluate_eagle(
+            s,
+            res / "base",
+            res / "dllm" / "hf",
+            res / "eagle" / "dense" / "head",
+            res / "eagle" / "dllm" / "head",
+            res / "data",
+        )
+        m = metrics["methods"]
+        rows.append({"tree": spec, **metrics})
+        for method in ("eagle2", "eagle2_dllm"):
+            lossless &= m[method]["same_output_as_baseline"] == 1.0
+        print(
+            f"tree {spec:>9}: tau eagle2 {m['eagle2']['tau']:.2f}, eagle2_dllm "
+            f"{m['eagle2_dllm']['tau']:.2f} | tok/s ar {m['ar']['tokens_per_s']:.1f}, "
+            f"dllm {m['dllm']['tokens_per_s']:.1f}, eagle2 {m['eagle2']['tokens_per_s']:.1f}, "
+            f"eagle2_dllm {m['eagle2_dllm']['tokens_per_s']:.1f} | speedup eagle2/ar "
+            f"{m['eagle2']['speedup_mean_of_ratios']:.2f}x (totals "
+            f"{m['eagle2']['speedup_ratio_of_totals']:.2f}x), eagle2_dllm/dllm "
+            f"{m['eagle2_dllm']['speedup_mean_of_ratios']:.2f}x (totals "
+            f"{m['eagle2_dllm']['speedup_ratio_of_totals']:.2f}x), dllm/ar "
+            f"{m['dllm']['speedup_mean_of_ratios']:.2f}x"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if not lossless:
+        print("LOSSY: a speculative method's greedy output differs from its baseline")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Speculative decoding with an EAGLE-2 draft tree at batch 1 (methods `eagle2`,
+`eagle2_dllm`): draft -> verify -> accept -> commit, repeated.
+
+The same loop serves a dense target and a D-LLM target; what a target forward does
+with the verified tokens (`verify_step`) is the one place SpaDec's variant differs.
+Every piece of state (target cache, head cache, the tree) is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from spadec.decoding.accept import Acceptance, accept_greedy, accept_sampling, target_probs
+from spadec.decoding.autoregressive import DecodeResult, sync
+from spadec.decoding.draft import TreeParams, draft_tree, head_extend
+from spadec.decoding.tree import CompiledTree, DraftTree, compile_tree
+from spadec.decoding.verify import (
+    TreePass,
+    commit,
+    finish_pass,
+    gate_matrix,
+    run_layers,
+    start_chain,
+    start_tree,
+)
+from spadec.dllm.cache import LayerSkipCache
+from spadec.eagle.head import EagleHead
+
+
+@dataclass
+class StepStats:
+    """Counters over the verification steps of one generation."""
+
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per step
+    verified: list[int] = field(default_factory=list)  # tokens in each target forward
+    layer_runs: list[list[bool]] = field(default_factory=list)  # per step, per layer
+    path_gates: list[torch.Tensor] = field(default_factory=list)  # [a+1, L] per step
+
+    def summary(self, num_layers: int) -> dict:
+        steps = len(self.accepted)
+        out = {
+            "steps": steps,
+            "tau": (sum(self.accepted) + steps) / steps if steps else float("nan"),
+            "accept_histogram": dict(sorted(Counter(self.accepted).items())),
+            "verified_tokens_per_step": sum(self.verified) / steps if steps else float("nan"),
+        }
+        if steps:
+            runs = torch.tensor(self.layer_runs, dtype=torch.float32)
+            gates = torch.cat(self.path_gates).float()
+            out["layer_load_share"] = runs.mean().item()
+            out["layer_load_per_layer"] = [round(x, 4) for x in runs.mean(0).tolist()]
+            out["whole_layer_skip_rate"] = [round(1 - x, 4) for x in runs.mean(0).tolist()]
+            out["executed_share"] = gates.mean().item()
+            # share of accepted drafts at each depth, given the previous depth was accepted
+            depth_hits = [
+                sum(a >= d for a in self.accepted)
+                for d in range(1, 1 + max(self.accepted, default=0))
+            ]
+            prev = [steps, *depth_hits][: len(depth_hits)]
+            out["per_depth_acceptance"] = [
+                round(h / p, 4) for h, p in zip(depth_hits, prev, strict=True)
+            ]
+        return out
+
+
+VerifyStep = Callable[[object, CompiledTree, LayerSkipCache], TreePass]
+
+
+def verify_all_layers(model, compiled: CompiledTree, cache: LayerSkipCache) -> TreePass:
+    """Plain tree verification: every layer, every token votes (eagle2, eagle2_dllm)."""
+    tp = start_tree(model, compiled, cache)
+    return run_layers(model, tp, cache, 0, len(model.model.layers))
+
+
+def _accept(compiled, tp: TreePass, logits, temperature, generator, top_p) -> Acceptance:
+    verified = None
+    if tp.nodes.numel() != tp.num_nodes:  # pruned nodes were not verified
+        verified = torch.zeros(tp.num_nodes, dtype=torch.bool, device=logits.device)
+        verified[tp.nodes] = True
+    if temperature <= 0:
+        return accept_greedy(compiled, logits, verified)
+    return accept_sampling(compiled, logits, temperature, generator, top_p, verified)
+
+
+def _first_token(logits, temperature, generator, top_p) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    return int(
+        torch.multinomial(target_probs(logits, temperature, top_p).cpu(), 1, generator=generator)
+    )
+
+
+class EagleDrafter:
+    """EAGLE-2 drafting state for one generation: the head, its cache, its last output."""
+
+    def __init__(self, head: EagleHead, lm_head: torch.nn.Module, params: TreeParams):
+        self.head, self.lm_head, self.params = head, lm_head, params
+        self.cache = LayerSkipCache.empty(1)
+        self.last: torch.Tensor | None = None
+        self.forwards = 0
+
+    def observe(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Feed the target's features of newly committed tokens, each with its successor."""
+        self.last = head_extend(self.head, self.cache, features, next_tokens)[-1]
+        self.forwards += 1
+
+    def draft(self, root: int) -> DraftTree:
+        self.forwards += self.params.depth
+        return draft_tree(self.head, self.lm_head, self.cache, self.last, root, self.params)
+
+
+@torch.inference_mode()
+def eagle2_decode(
+    target,
+    head: EagleHead,
+    input_ids: torch.Tensor,
+    params: TreeParams,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    top_p: float = 1.0,
+    verify_step: VerifyStep = verify_all_layers,
+) -> DecodeResult:
+    """EAGLE-2 decoding of `input_ids` [1, n] with `head` drafting for `target`."""
+    drafter = EagleDrafter(head, target.lm_head, params)
+    return speculative_decode(
+        target,
+        drafter,
+        input_ids,
+        max_new_tokens,
+        eos_token_id,
+        temperature,
+        generator,
+        top_p,
+        verify_step,
+    )
+
+
+@torch.inference_mode()
+def speculative_decode(
+    target,
+    drafter,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    top_p: float = 1.0,
+    verify_step: VerifyStep = verify_all_layers,
+) -> DecodeResult:
+    """Generate up to `max_new_tokens` after `input_ids` [1, n] with a tree `drafter`
+    (`observe(features, next_tokens)`, `draft(root) -> DraftTree`, `forwards`).
+
+    Greedy output equals the target's own greedy decoding token for token. `extra` holds
+    tau, the acceptance histogram, per-depth acceptance, verified tokens per step, the
+    layer-load share (share of (step, layer) pairs whose weights were used), whole-layer
+    skip rates and the executed-layer share of the committed tokens.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError("speculative decoding runs at batch size 1")
+    device = input_ids.device
+    num_layers = len(target.model.layers)
+    dtype = target.model.embed_tokens.weight.dtype
+    cache = LayerSkipCache.empty(num_layers)
+    stats = StepStats()
+    sync(device)
+    start = time.perf_counter()
+
+    prompt = input_ids[0]
+    tp = run_layers(target, start_chain(target, prompt, cache), cache, 0, num_layers)
+    logits, features = finish_pass(target, tp)
+    commit(cache, tp, torch.arange(prompt.numel(), device=device))
+    root = _first_token(logits[-1], temperature, generator, top_p)
+    out = [root]
+    drafter.observe(features, torch.cat([prompt[1:], torch.tensor([root], device=device)]))
+    forwards = 1
+    while not _done(out, max_new_tokens, eos_token_id):
+        compiled = compile_tree(drafter.draft(root), dtype)
+        tp = verify_step(target, compiled, cache)
+        logits, features = finish_pass(target, tp)
+        # logits/features are in batch order; the batch may hold a subset of the nodes
+        logits, features = _scatter(tp, logits), _scatter(tp, features)
+        acc = _accept(compiled, tp, logits, temperature, generator, top_p)
+        commit(cache, tp, acc.path)
+        forwards += 1
+        stats.accepted.append(acc.accepted)
+        stats.verified.append(int(tp.nodes.numel()))
+        stats.layer_runs.append(list(tp.layer_ran))
+        stats.path_gates.append(gate_matrix(tp)[acc.path])
+        drafted = compiled.tokens[acc.path[1:]]
+        out.extend(drafted.tolist())
+        out.append(acc.next_token)
+        root = acc.next_token
+        drafter.observe(
+            features[acc.path], torch.cat([drafted, torch.tensor([root], device=device)])
+        )
+    sync(device)
+    wall = time.perf_counter() - start
+    out = _truncate(out, max_new_tokens, eos_token_id)
+    extra = stats.summary(num_layers)
+    extra["draft_forwards"] = drafter.forwards
+    return DecodeResult(out, len(out), wall, forwards, extra)
+
+
+def _scatter(tp: TreePass, rows: torch.Tensor) -> torch.Tensor:
+    if rows.shape[0] == tp.num_nodes:
+        return rows
+    full = rows.new_zeros(tp.num_nodes, rows.shape[1])
+    full[tp.nodes] = rows
+    return full
+
+
+def _done(out: list[int], max_new_tokens: int, eos: int | None) -> bool:
+    return len(out) >= max_new_tokens or (eos is not None and eos in out)
+
+
+def _truncate(out: list[int], max_new_tokens: int, eos: int | None) -> list[int]:
+    if eos is not None and eos in out:
+        out = out[: out.index(eos) + 1]
+    return out[:max_new_tokens]

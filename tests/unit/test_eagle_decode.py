@@ -1,0 +1,277 @@
+"""EAGLE-2 decoding invariants: the tree compiler, lossless greedy decoding for dense and
+D-LLM targets (random head, oracle head), KV compaction, sampling acceptance."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from spadec.decoding.accept import accept_greedy, accept_sampling
+from spadec.decoding.autoregressive import greedy_decode
+from spadec.decoding.draft import TreeParams, select_tree
+from spadec.decoding.eagle2 import eagle2_decode, speculative_decode
+from spadec.decoding.tree import DraftTree, TreeError, compile_tree
+from spadec.decoding.verify import commit, finish_pass, run_layers, start_chain, start_tree
+from spadec.dllm.cache import LayerSkipCache
+from spadec.dllm.inference import dllm_decode, forward_step
+from spadec.eagle.head import new_head
+from tests.unit.test_dllm_model import make as make_dllm
+
+SHAPE = dict(
+    vocab_size=96,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def dense(kind="llama"):
+    torch.manual_seed(0)
+    cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_cls, model_cls = cls[kind]
+    return model_cls(config_cls(**SHAPE)).double().eval()
+
+
+def prompt(n=9, vocab=96, seed=3):
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def tree(tokens, parents):
+    return DraftTree(torch.tensor(tokens), torch.tensor(parents))
+
+
+# --- the tree compiler -------------------------------------------------------------
+
+
+def test_compiled_tree_masks_positions_and_paths():
+    #        0
+    #      /   \
+    #     1     2
+    #    / \     \
+    #   3   4     5
+    #   |
+    #   6
+    c = compile_tree(tree([9, 1, 2, 3, 4, 5, 6], [-1, 0, 0, 1, 1, 2, 3]))
+    assert c.depth.tolist() == [0, 1, 1, 2, 2, 2, 3]
+    assert c.ancestors[6].nonzero().flatten().tolist() == [0, 1, 3, 6]
+    assert c.ancestors[5].nonzero().flatten().tolist() == [0, 2, 5]
+    assert not c.ancestors[4, 3] and not c.ancestors[3, 4]  # siblings never see each other
+    assert c.attn_bias.dtype == torch.float32  # additive float mask, never boolean
+    assert c.attn_bias[6, 3] == 0 and c.attn_bias[6, 2] == torch.finfo(torch.float32).min
+    assert c.retrieve.tolist() == [[0, 1, 4, -1], [0, 2, 5, -1], [0, 1, 3, 6]]
+
+
+def test_single_node_tree_is_just_the_root():
+    c = compile_tree(tree([4], [-1]))
+    assert c.retrieve.tolist() == [[0]] and c.depth.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "parents", "message"),
+    [
+        ([1, 2, 3], [-1, 2, 0], "listed before"),
+        ([1, 2, 3], [0, 0, 1], "root"),
+        ([1, 2, 2], [-1, 0, 0], "same token"),
+        ([1, 2], [-1, 0, 0], "differ"),
+    ],
+)
+def test_malformed_trees_are_rejected(tokens, parents, message):
+    with pytest.raises(TreeError, match=message):
+        compile_tree(tree(tokens, parents))
+
+
+def test_global_selection_keeps_parents_even_on_tied_scores():
+    # pool: level 1 = [a, b]; children of a (pool 0) = [c, d], with c tied to a.
+    tokens = torch.tensor([10, 11, 12, 13])
+    scores = torch.tensor([-0.5, -2.0, -0.5, -3.0])
+    parents = torch.tensor([-1, -1, 0, 0])
+    t = select_tree(tokens, scores, parents, root_token=7, keep=2)
+    assert t.tokens.tolist() == [7, 10, 12] and t.parents.tolist() == [-1, 0, 1]
+    compile_tree(t)
+
+
+# --- lossless greedy decoding ------------------------------------------------------
+
+
+class OracleDrafter:
+    """A perfect head: drafts the reference continuation as a chain, with wrong siblings
+    beside it, and deliberately breaks the chain at a random depth in some steps."""
+
+    def __init__(self, reference, prompt_len, vocab, depth=4, seed=0):
+        self.ref, self.prompt_len, self.vocab, self.depth = reference, prompt_len, vocab, depth
+        self.observed = 0
+        self.rng = random.Random(seed)
+        self.forwards = 0
+
+    def observe(self, features, next_tokens):
+        assert features.shape[0] == next_tokens.shape[0]
+        self.observed += next_tokens.shape[0]
+
+    def draft(self, root):
+        pos = self.observed - self.prompt_len + 1  # tokens generated so far
+        assert self.ref[pos - 1] == root
+        chain = self.ref[pos : pos + self.depth]
+        if chain and self.rng.random() < 0.3:  # a wrong token somewhere on the chain
+            i = self.rng.randrange(len(chain))
+            chain = chain[:i] + [(chain[i] + 1) % self.vocab] + chain[i + 1 :]
+        tokens, parents, prev = [root], [-1], 0
+        for tok in chain:
+            tokens += [(tok + 2) % self.vocab, tok]  # a wrong sibling first, then the chain
+            parents += [prev, prev]
+            tokens.append((tok + 5) % self.vocab)  # a child of the wrong sibling
+            parents.append(len(tokens) - 3)
+            prev = len(tokens) - 2
+        return DraftTree(torch.tensor(tokens), torch.tensor(parents))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("params", [TreeParams(8, 3, 3), TreeParams(2, 0, 1), TreeParams(24, 5, 4)])
+def test_greedy_eagle2_with_a_random_head_equals_greedy_ar(kind, params):
+    model = dense(kind)
+    head = new_head(model).double().eval()
+    ids = prompt()
+    ar = greedy_decode(model, ids, 40)
+    ours = eagle2_decode(model, head, ids, params, 40)
+    assert ours.output_ids == ar.output_ids
+    assert ours.extra["tau"] >= 1.0
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_greedy_eagle2_with_a_perfect_head_equals_greedy_ar_in_fewer_forwards(kind):
+    model = dense(kind)
+    ids = prompt()
+    ar = greedy_decode(model, ids, 60)
+    oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], SHAPE["vocab_size"])
+    ours = speculative_decode(model, oracle, ids, 60)
+    assert ours.output_ids == ar.output_ids
+    assert ours.extra["tau"] > 3.0  # depth-4 chains, mostly right
+    assert ours.target_forwards < ar.target_forwards / 3
+
+
+def test_eos_and_max_new_tokens_cut_the_output_like_ar():
+    model = dense()
+    ids = prompt()
+    ar = greedy_decode(model, ids, 40)
+    eos = ar.output_ids[17]
+    ar_eos = greedy_decode(model, ids, 40, eos_token_id=eos)
+    oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], SHAPE["vocab_size"], seed=1)
+    ours = speculative_decode(model, oracle, ids, 40, eos_token_id=eos)
+    assert ours.output_ids == ar_eos.output_ids and ours.output_ids[-1] == eos
+    oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], SHAPE["vocab_size"], seed=2)
+    assert speculative_decode(model, oracle, ids, 13).output_ids == ar.output_ids[:13]
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2"])
+def test_greedy_eagle2_dllm_equals_greedy_dllm(variant):
+    model = make_dllm(variant)
+    ids = prompt(vocab=model.config.vocab_size)
+    ref = dllm_decode(model, ids, 48)
+    assert 0.2 < ref.extra["executed_share"] < 0.9, "the test needs real skips"
+    head = new_head(model).double().eval()
+    random_head = eagle2_decode(model, head, ids, TreeParams(10, 3, 3), 48)
+    assert random_head.output_ids == ref.output_ids
+    oracle = OracleDrafter(ref.output_ids + [0] * 8, ids.shape[1], model.config.vocab_size)
+    perfect = speculative_decode(model, oracle, ids, 48)
+    assert perfect.output_ids == ref.output_ids
+    assert perfect.extra["tau"] > 3.0
+    # D-LLM counters: whole-layer skips are rarer than per-token skips over a tree
+    assert perfect.extra["layer_load_share"] >= perfect.extra["executed_share"]
+
+
+# --- KV compaction ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_commit_leaves_the_cache_of_decoding_the_path_token_by_token(dynamic):
+    model = make_dllm("llama-gqa") if dynamic else dense()
+    vocab = model.config.vocab_size
+    ids = prompt(vocab=vocab)
+    num_layers = model.config.num_hidden_layers
+    cache = LayerSkipCache.empty(num_layers)
+    tp = run_layers(model, start_chain(model, ids[0], cache), cache, 0, num_layers)
+    commit(cache, tp, torch.arange(ids.shape[1]))
+    t = tree([5, 6, 7, 8, 9, 10, 11], [-1, 0, 0, 1, 2, 4, 4])
+    compiled = compile_tree(t, torch.float64)
+    tp = run_layers(model, start_tree(model, compiled, cache), cache, 0, num_layers)
+    logits, _ = finish_pass(model, tp)
+    path = torch.tensor([0, 2, 4, 6])
+    commit(cache, tp, path)
+
+    ref = LayerSkipCache.empty(num_layers)
+    ref_logits = []
+    if dynamic:
+        forward_step(model, ids, ref)
+        for tok in t.tokens[path].tolist():
+            ref_logits.append(forward_step(model, torch.tensor([[tok]]), ref)[0][0, -1])
+    else:
+        from transformers import DynamicCache
+
+        from spadec.compat import with_cache
+
+        dyn = DynamicCache(config=model.config)
+        model(input_ids=ids, **with_cache(dyn))
+        for tok in t.tokens[path].tolist():
+            out = model(input_ids=torch.tensor([[tok]]), **with_cache(dyn))
+            ref_logits.append(out.logits[0, -1])
+        ref.keys = [layer.keys for layer in dyn.layers]
+        ref.values = [layer.values for layer in dyn.layers]
+        ref.seen_tokens = ids.shape[1] + path.numel()
+    torch.testing.assert_close(logits[path], torch.stack(ref_logits), rtol=0, atol=1e-6)
+    assert cache.seen_tokens == ref.seen_tokens
+    assert cache.layer_lengths() == ref.layer_lengths()
+    for mine, theirs in zip(cache.keys + cache.values, ref.keys + ref.values, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+# --- sampling -------------------------------------------------------------------------
+
+
+def test_sampling_acceptance_emits_the_target_distribution():
+    # Root with children tokens 0 and 1 (token 0 has a child); vocab 4.
+    compiled = compile_tree(tree([3, 0, 1, 2], [-1, 0, 0, 1]))
+    logits = torch.log(torch.tensor([[0.1, 0.3, 0.2, 0.4]] * 4))
+    gen = torch.Generator().manual_seed(0)
+    trials = 5000
+    counts = torch.zeros(4)
+    for _ in range(trials):
+        acc = accept_sampling(compiled, logits, 1.0, gen)
+        first = acc.next_token if acc.accepted == 0 else int(compiled.tokens[acc.path[1]])
+        counts[first] += 1
+    freq = counts / trials
+    torch.testing.assert_close(
+        freq, torch.tensor([0.1, 0.3, 0.2, 0.4]), rtol=0, atol=0.03
+    )  # 4 standard errors
+
+
+def test_unverified_nodes_are_never_accepted():
+    compiled = compile_tree(tree([3, 0, 1], [-1, 0, 0]))
+    logits = torch.tensor([[0.0, 5.0, 0.0]] * 3)  # the target wants token 1 = node 2
+    assert accept_greedy(compiled, logits).path.tolist() == [0, 2]
+    skipped = torch.tensor([True, True, False])
+    acc = accept_greedy(compiled, logits, skipped)
+    assert acc.path.tolist() == [0] and acc.next_token == 1
+
+
+def test_sampled_eagle2_runs_and_is_reproducible():
+    model = dense()
+    head = new_head(model).double().eval()
+    ids = prompt()
+    runs = [
+        eagle2_decode(
+            model,
+            head,
+            ids,
+            TreeParams(8, 3, 3),
+            30,
+            temperature=0.8,
+            generator=torch.Generator().manual_seed(5),
+        ).output_ids
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and len(runs[0]) == 30
