@@ -91,11 +91,15 @@ def accept_sampling(
                 node = child
                 moved = True
                 break
-            p[x] = 0.0
-            total = float(p.sum())
-            if total <= 0.0:
+            rest = p.clone()
+            rest[x] = 0.0
+            total = float(rest.sum())
+            if total <= 0.0:  # p(x) was 1 up to rounding: x is the only possible token
+                path.append(child)
+                node = child
+                moved = True
                 break
-            p /= total
+            p = rest / total
         if not moved:
             next_token = int(torch.multinomial(p, 1, generator=generator))
             device = compiled.tokens.device

@@ -69,8 +69,8 @@ def draft_tree(
     """Draft a tree below `root_token`; `root_hidden` [d] is the head's output for the
     pair ending in the root. The head cache is left as it was (drafts are provisional)."""
     device = root_hidden.device
-    k = params.top_k
     logp = torch.log_softmax(lm_head(root_hidden).float(), dim=-1)
+    k = min(params.top_k, logp.shape[-1])  # a tiny vocabulary caps the branching
     scores, tokens = logp.topk(k)
     pool_tokens, pool_scores = [tokens], [scores]
     pool_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]

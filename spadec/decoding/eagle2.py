@@ -164,6 +164,8 @@ def speculative_decode(
     """
     if input_ids.shape[0] != 1:
         raise ValueError("speculative decoding runs at batch size 1")
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: decoding needs at least one token")
     device = input_ids.device
     num_layers = len(target.model.layers)
     dtype = target.model.embed_tokens.weight.dtype

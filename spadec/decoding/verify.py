@@ -124,11 +124,11 @@ def run_layers(
         if w is None:
             run = None  # every token
         else:
-            wants = w if voters is None else w * voters
-            if not bool(wants.any()):
+            run = w.nonzero().flatten()  # the one host sync of this layer
+            silent = run.numel() == 0 or (voters is not None and not bool(voters[run].any()))
+            if silent:
                 tp.gates[i] = full.index_put((tp.nodes,), torch.zeros_like(w))
                 continue
-            run = w.nonzero().flatten()
             if run.numel() == n:
                 run = None
         tp.layer_ran[i] = True

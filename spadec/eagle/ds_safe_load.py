@@ -2,7 +2,7 @@
 
 DeepSpeed's torch checkpoint engine calls `torch.load(..., weights_only=False)`, which
 runs arbitrary pickled code. Its files hold tensors, plain containers and three of its
-own small classes; with those allow-listed, `weights_only=True` reads them, so a
+own small classes (loss scalers, the ZeRO stage enum, fragment addresses); with those allow-listed, `weights_only=True` reads them, so a
 tampered checkpoint fails to load instead of running code.
 """
 
@@ -15,11 +15,11 @@ import torch
 
 
 def _allowed_globals() -> list:
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 @contextlib.contextmanager

@@ -143,4 +143,8 @@ def load_head(head_dir: str | Path, dtype=torch.float32, device="cpu") -> EagleH
             f"{weights}: weights do not match the config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return head.to(device=device, dtype=dtype).eval()
+    head.to(device=device, dtype=dtype)
+    # RoPE frequencies stay fp32, as in the targets and in training: cast to bf16 they
+    # would rotate by visibly different angles at long positions and cost acceptance.
+    head.rotary_emb = LlamaRotaryEmbedding(head.config).to(device)
+    return head.eval()

@@ -142,3 +142,25 @@ def test_dllm_cached_decoding_on_cuda_matches_its_full_forward():
     )
     assert torch.equal(torch.cat(gates), full.gates[0])
     torch.testing.assert_close(torch.cat(logits, 1), full.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_eagle2_on_cuda_is_lossless_and_matches_cpu():
+    """Greedy EAGLE-2 on CUDA (random head) == greedy ar on CUDA == EAGLE-2 on the CPU
+    (fp32: bf16 kernels round differently for different batch shapes, so exact equality
+    is only promised where the arithmetic is exact enough to keep argmax ties apart)."""
+    dtype = torch.float32
+    from spadec.decoding.autoregressive import greedy_decode
+    from spadec.decoding.draft import TreeParams
+    from spadec.decoding.eagle2 import eagle2_decode
+    from spadec.eagle.head import new_head
+
+    model = _tiny_llama(dtype)
+    head = new_head(model).to(dtype).eval()
+    ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(1))
+    params = TreeParams(24, 4, 4)
+    gpu_model, gpu_head = model.cuda(), head.cuda()
+    ar = greedy_decode(gpu_model, ids.cuda(), 32)
+    ours = eagle2_decode(gpu_model, gpu_head, ids.cuda(), params, 32)
+    assert ours.output_ids == ar.output_ids
+    cpu = eagle2_decode(model.cpu(), head.cpu(), ids, params, 32)
+    assert cpu.output_ids == ours.output_ids

@@ -139,7 +139,8 @@ def test_greedy_eagle2_with_a_random_head_equals_greedy_ar(kind, params):
     ar = greedy_decode(model, ids, 40)
     ours = eagle2_decode(model, head, ids, params, 40)
     assert ours.output_ids == ar.output_ids
-    assert ours.extra["tau"] >= 1.0
+    steps = ours.target_forwards - 1  # the prefill commits one token without drafts
+    assert sum(ours.extra["accept_histogram"].values()) == ours.extra["steps"] == steps
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -233,20 +234,24 @@ def test_commit_leaves_the_cache_of_decoding_the_path_token_by_token(dynamic):
 
 
 def test_sampling_acceptance_emits_the_target_distribution():
-    # Root with children tokens 0 and 1 (token 0 has a child); vocab 4.
+    # root -> {token 0 (node 1) -> token 2 (node 3), token 1 (node 2)}; vocab 4. Every node
+    # has its own distribution, so using the wrong node's row after an acceptance shows.
     compiled = compile_tree(tree([3, 0, 1, 2], [-1, 0, 0, 1]))
-    logits = torch.log(torch.tensor([[0.1, 0.3, 0.2, 0.4]] * 4))
+    rows = torch.tensor(
+        [[0.3, 0.2, 0.1, 0.4], [0.1, 0.2, 0.6, 0.1], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]]
+    )
     gen = torch.Generator().manual_seed(0)
-    trials = 5000
-    counts = torch.zeros(4)
+    trials = 6000
+    first = torch.zeros(4)
+    second_after_0 = torch.zeros(4)
     for _ in range(trials):
-        acc = accept_sampling(compiled, logits, 1.0, gen)
-        first = acc.next_token if acc.accepted == 0 else int(compiled.tokens[acc.path[1]])
-        counts[first] += 1
-    freq = counts / trials
-    torch.testing.assert_close(
-        freq, torch.tensor([0.1, 0.3, 0.2, 0.4]), rtol=0, atol=0.03
-    )  # 4 standard errors
+        acc = accept_sampling(compiled, rows.log(), 1.0, gen)
+        emitted = [*compiled.tokens[acc.path[1:]].tolist(), acc.next_token]
+        first[emitted[0]] += 1
+        if emitted[0] == 0:
+            second_after_0[emitted[1]] += 1
+    torch.testing.assert_close(first / trials, rows[0], rtol=0, atol=0.03)  # ~4 std errors
+    torch.testing.assert_close(second_after_0 / second_after_0.sum(), rows[1], rtol=0, atol=0.05)
 
 
 def test_unverified_nodes_are_never_accepted():
@@ -275,3 +280,90 @@ def test_sampled_eagle2_runs_and_is_reproducible():
         for _ in range(2)
     ]
     assert runs[0] == runs[1] and len(runs[0]) == 30
+
+
+# --- the head's (feature, next token) pairing, training vs drafting -------------------
+
+
+def test_head_cache_in_chunks_equals_the_training_forward():
+    from spadec.decoding.draft import head_extend
+
+    model = dense()
+    head = new_head(model).double().eval()
+    torch.manual_seed(1)
+    feats = torch.randn(11, SHAPE["hidden_size"], dtype=torch.float64)
+    ids = torch.randint(0, SHAPE["vocab_size"], (11,))
+    with torch.no_grad():
+        whole = head(feats[None], ids[None])[0]
+    cache = LayerSkipCache.empty(1)
+    parts = [head_extend(head, cache, feats[a:b], ids[a:b]) for a, b in ((0, 6), (6, 7), (7, 11))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-10)
+
+
+def test_draft_scores_are_the_heads_own_chained_predictions():
+    """Each drafted node's score = its parent's + log p(token) from the head run on the
+    chain (accepted pairs, then (predicted feature, drafted token) pairs) - what training
+    teaches the head to do one step at a time."""
+    from spadec.decoding.draft import draft_tree, head_extend
+
+    model = dense()
+    head = new_head(model).double().eval()
+    torch.manual_seed(2)
+    d, v = SHAPE["hidden_size"], SHAPE["vocab_size"]
+    feats = torch.randn(7, d, dtype=torch.float64)
+    ids = torch.randint(0, v, (7,))  # pairs (f_t, x_{t+1}); ids[-1] is the root
+    cache = LayerSkipCache.empty(1)
+    root_hidden = head_extend(head, cache, feats, ids)[-1]
+    params = TreeParams(total_tokens=1 + 3 + 2 * 9, depth=2, top_k=3)  # keep the whole pool
+    t = draft_tree(head, model.lm_head, cache, root_hidden, int(ids[-1]), params)
+    assert cache.seen_tokens == 7 and cache.layer_lengths() == [7]  # drafts left no trace
+
+    def chain_hidden(node):
+        """Head output at `node` from a plain forward over its chain."""
+        path = []
+        while node > 0:
+            path.append(node)
+            node = int(t.parents[node])
+        path.reverse()
+        f, x, h = feats, ids, root_hidden
+        for n in path:
+            f = torch.cat([f, h[None]])
+            x = torch.cat([x, t.tokens[n : n + 1]])
+            with torch.no_grad():
+                h = head(f[None], x[None])[0, -1]
+        return h
+
+    checked = 0
+    for node in range(1, t.size):
+        parent = int(t.parents[node])
+        h = root_hidden if parent == 0 else chain_hidden(parent)
+        logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
+        expected = (t.scores[parent] if parent else 0.0) + logp[t.tokens[node]]
+        torch.testing.assert_close(t.scores[node], expected.to(t.scores.dtype), rtol=0, atol=1e-5)
+        checked += 1
+    assert checked == params.total_tokens - 1
+
+
+def test_a_loaded_head_keeps_fp32_rotary_frequencies(tmp_path):
+    from spadec.eagle.head import load_head, save_head
+
+    save_head(new_head(dense().float()), tmp_path / "head")
+    head = load_head(tmp_path / "head", dtype=torch.bfloat16)
+    assert head.fc.weight.dtype == torch.bfloat16
+    assert head.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_bf16_tree_verification_stays_finite():
+    model = dense().to(torch.bfloat16)
+    head = new_head(model).to(torch.bfloat16).eval()
+    out = eagle2_decode(model, head, prompt(), TreeParams(16, 4, 4), 24)
+    assert len(out.output_ids) == 24 and all(0 <= t < SHAPE["vocab_size"] for t in out.output_ids)
+
+
+def test_empty_prompt_and_huge_top_k_are_handled():
+    model = dense()
+    head = new_head(model).double().eval()
+    with pytest.raises(ValueError, match="empty"):
+        eagle2_decode(model, head, torch.zeros(1, 0, dtype=torch.long), TreeParams(8, 2, 2), 4)
+    wide = eagle2_decode(model, head, prompt(), TreeParams(300, 1, 500), 8)  # top_k > vocab
+    assert wide.output_ids == greedy_decode(model, prompt(), 8).output_ids

@@ -318,3 +318,28 @@ def test_deepspeed_checkpoint_loads_never_run_pickled_code(tmp_path):
     with weights_only_checkpoint_loads(), pytest.raises(pickle.UnpicklingError):
         TorchCheckpointEngine.load(None, str(bad))
     assert TorchCheckpointEngine.load.__module__.startswith("deepspeed")  # restored
+
+
+def test_fp16_loss_scaler_state_loads_without_pickle_code(tmp_path):
+    """fp16 runs keep a DynamicLossScaler in the optimizer state (fp16 itself does not run
+    on this CPU, so the round trip is checked on the object DeepSpeed would save)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import (
+        TorchCheckpointEngine,
+    )
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    from spadec.eagle.ds_safe_load import weights_only_checkpoint_loads
+
+    scaler = DynamicLossScaler(
+        init_scale=2**16,
+        scale_window=1000,
+        min_scale=1,
+        delayed_shift=2,
+        consecutive_hysteresis=False,
+    )
+    path = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": scaler}}, path)
+    with weights_only_checkpoint_loads():
+        back = TorchCheckpointEngine.load(None, str(path))
+    assert type(back["optimizer_state_dict"]["loss_scaler"]) is type(scaler)
+    assert back["optimizer_state_dict"]["loss_scaler"].cur_scale == scaler.cur_scale

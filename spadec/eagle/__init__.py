@@ -1,0 +1,1 @@
+"""EAGLE draft heads: the head model, its training data, DeepSpeed training, evaluation."""
