@@ -49,8 +49,13 @@ STAGE_PARTS = {
         ),
         "decode": ("dtype", "total_tokens", "depth", "top_k", "eval"),
     },
+    "predictor": {
+        "data": ("layer_k", "shards", "prompts", "max_new_tokens"),
+        "train": ("layer_k", "heldout_fraction", "lr", "weight_decay", "epochs"),
+        "decode": ("ats_mode", "acc_length"),
+    },
 }
-RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus")}
+RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus"), "predictor": ("gpus",)}
 SETTINGS_FILES = STAGES + tuple(
     f"{stage}.{part}" for stage, parts in STAGE_PARTS.items() for part in parts
 )

@@ -69,6 +69,7 @@ class StepStats:
 
 
 VerifyStep = Callable[[object, CompiledTree, LayerSkipCache], TreePass]
+StepObserver = Callable[[CompiledTree, Acceptance], None]  # sees every step's tree and result
 
 
 def verify_all_layers(model, compiled: CompiledTree, cache: LayerSkipCache) -> TreePass:
@@ -126,6 +127,7 @@ def eagle2_decode(
     generator: torch.Generator | None = None,
     top_p: float = 1.0,
     verify_step: VerifyStep = verify_all_layers,
+    on_step: StepObserver | None = None,
 ) -> DecodeResult:
     """EAGLE-2 decoding of `input_ids` [1, n] with `head` drafting for `target`."""
     drafter = EagleDrafter(head, target.lm_head, params)
@@ -139,6 +141,7 @@ def eagle2_decode(
         generator,
         top_p,
         verify_step,
+        on_step,
     )
 
 
@@ -153,6 +156,7 @@ def speculative_decode(
     generator: torch.Generator | None = None,
     top_p: float = 1.0,
     verify_step: VerifyStep = verify_all_layers,
+    on_step: StepObserver | None = None,
 ) -> DecodeResult:
     """Generate up to `max_new_tokens` after `input_ids` [1, n] with a tree `drafter`
     (`observe(features, next_tokens)`, `draft(root) -> DraftTree`, `forwards`).
@@ -190,6 +194,8 @@ def speculative_decode(
         logits, features = _scatter(tp, logits), _scatter(tp, features)
         acc = _accept(compiled, tp, logits, temperature, generator, top_p)
         commit(cache, tp, acc.path)
+        if on_step is not None:
+            on_step(compiled, acc)
         forwards += 1
         stats.accepted.append(acc.accepted)
         stats.verified.append(int(tp.nodes.numel()))

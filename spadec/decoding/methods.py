@@ -16,17 +16,20 @@ import torch
 
 from spadec.decoding.autoregressive import DecodeResult, greedy_decode
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.eagle2 import eagle2_decode
+from spadec.decoding.eagle2 import eagle2_decode, verify_all_layers
+from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.targets import load_target
 from spadec.dllm.inference import dllm_decode
 from spadec.eagle.head import EagleHead, load_head
+from spadec.predictor.model import AcceptancePredictor, load_predictor
 
-METHODS = ("ar", "dllm", "eagle2", "eagle2_dllm")
+METHODS = ("ar", "dllm", "eagle2", "eagle2_dllm", "spadec_eagle2")
 NEEDS = {  # method -> (target, head) it needs
     "ar": ("dense", None),
     "dllm": ("dllm", None),
     "eagle2": ("dense", "dense"),
     "eagle2_dllm": ("dllm", "dllm"),
+    "spadec_eagle2": ("dllm", "dllm"),
 }
 
 
@@ -38,6 +41,9 @@ class Models:
     dllm: torch.nn.Module | None = None
     head_dense: EagleHead | None = None
     head_dllm: EagleHead | None = None
+    predictor: AcceptancePredictor | None = None
+    ats_mode: str = "prune"
+    acc_length: int = 3
     tokenizer: object = None
 
     def target(self, name: str):
@@ -56,22 +62,33 @@ class Models:
         head_dllm: str | Path | None,
         dtype: str = "float32",
         device=None,
+        predictor: str | Path | None = None,
+        ats_mode: str = "prune",
+        acc_length: int = 3,
     ) -> Models:
         """Load what `methods` need; a missing path for a needed model is an error."""
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown} (known: {', '.join(METHODS)})")
-        paths = {"dense": base, "dllm": dllm, "head_dense": head_dense, "head_dllm": head_dllm}
+        paths = {
+            "dense": base,
+            "dllm": dllm,
+            "head_dense": head_dense,
+            "head_dllm": head_dllm,
+            "predictor": predictor,
+        }
         needed = set()
         for m in methods:
             target, head = NEEDS[m]
             needed.add(target)
             if head:
                 needed.add(f"head_{head}")
+            if m == "spadec_eagle2":
+                needed.add("predictor")
         missing = sorted(k for k in needed if not paths[k])
         if missing:
             raise ValueError(f"methods {methods} need a path for: {', '.join(missing)}")
-        models = cls()
+        models = cls(ats_mode=ats_mode, acc_length=acc_length)
         for name in ("dense", "dllm"):
             if name in needed:
                 model, tok = load_target(paths[name], dtype, device)
@@ -82,6 +99,9 @@ class Models:
                 target = models.target(name.removeprefix("head_"))
                 dev = next(target.parameters()).device
                 setattr(models, name, load_head(paths[name], target.dtype, dev))
+        if "predictor" in needed:
+            dev = next(models.dllm.parameters()).device
+            models.predictor = load_predictor(paths["predictor"], dev)
         return models
 
 
@@ -103,6 +123,9 @@ def run_method(
         )
     if method == "dllm":
         return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
+    verify = verify_all_layers
+    if method == "spadec_eagle2":
+        verify = spadec_verify_step(models.predictor, models.ats_mode, models.acc_length)
     return eagle2_decode(
         target,
         models.head(head_name),
@@ -112,4 +135,5 @@ def run_method(
         eos_token_id,
         temperature,
         generator,
+        verify_step=verify,
     )

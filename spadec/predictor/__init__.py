@@ -1,0 +1,1 @@
+"""SpaDec's acceptance predictor and acceptance-guided tree selection (ATS)."""
