@@ -20,6 +20,7 @@ include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/dllm.smk"
 include: "rules/eagle.smk"
+include: "rules/predictor.smk"
 
 
 rule all:
@@ -28,5 +29,5 @@ rule all:
         expand("results/{model}/data", model=MODELS),
         expand("results/{model}/base", model=MODELS),
         expand("results/{model}/dllm/metrics.json", model=MODELS),
-        expand("results/{model}/eagle/eval", model=MODELS),
+        expand("results/{model}/decoding", model=MODELS),
     localrule: True

@@ -76,3 +76,10 @@ def eagle_shards(wc):
         target=wc.target,
         shard=range(count),
     )
+
+
+def predictor_shards(wc):
+    count = stage_settings(wc.model, "predictor")["shards"]
+    return expand(
+        "results/{model}/predictor/data/shard_{shard}", model=wc.model, shard=range(count)
+    )

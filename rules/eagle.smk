@@ -1,5 +1,5 @@
-# EAGLE-2: self-distilled answers, sharded target features, DeepSpeed head training, and
-# the stage's side-by-side benchmark. {target} is `dense` (the base) or `dllm`.
+# EAGLE-2: self-distilled answers, sharded target features, DeepSpeed head training.
+# {target} is `dense` (the base) or `dllm`.
 
 
 rule distill:
@@ -80,33 +80,3 @@ rule train_eagle:
         "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --backend deepspeed --"
         " {params.script} --config {input.cfg} --target {input.target} --data {input.shards}"
         " --ckpt {params.ckpt} --out {output} > {log} 2>&1"
-
-
-rule eval_eagle:
-    input:
-        cfg="results/{model}/config/eagle.decode.json",
-        base="results/{model}/base",
-        dllm="results/{model}/dllm/hf",
-        head_dense="results/{model}/eagle/dense/head",
-        head_dllm="results/{model}/eagle/dllm/head",
-        data="results/{model}/data",
-    output:
-        directory("results/{model}/eagle/eval"),
-    log:
-        "logs/{model}/eval_eagle.log",
-    benchmark:
-        "logs/{model}/eval_eagle.benchmark.tsv"
-    conda:
-        "../environment.yml"
-    threads: 8
-    resources:
-        gpu=stage_gpus("eagle"),
-        mem_mb=32000,
-        runtime=120,
-    params:
-        script=script("eval_eagle"),
-    shell:
-        "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
-        " {params.script} --config {input.cfg} --base {input.base} --dllm {input.dllm}"
-        " --head-dense {input.head_dense} --head-dllm {input.head_dllm}"
-        " --data {input.data} --out {output} > {log} 2>&1"

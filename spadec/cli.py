@@ -89,6 +89,8 @@ def cmd_generate(args) -> int:
         pick(args.head_dense, "eagle", "dense", "head"),
         pick(args.head_dllm, "eagle", "dllm", "head"),
         args.dtype,
+        predictor=pick(args.predictor, "predictor", "model"),
+        ats_mode=args.ats_mode,
     )
     tok = models.tokenizer
     target = models.dense if models.dense is not None else models.dllm
@@ -175,13 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_import_dllm)
     p = sub.add_parser("generate", help="decode one prompt with one method; print counters")
-    p.add_argument("--method", required=True, choices=["ar", "dllm", "eagle2", "eagle2_dllm"])
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=["ar", "dllm", "eagle2", "eagle2_dllm", "spadec_eagle2"],
+    )
     p.add_argument("--prompt", required=True, help="the user turn (the chat template is applied)")
     p.add_argument("--results", help="a model's results dir (results/<model>): default model paths")
     p.add_argument("--base", help="dense target directory (default <results>/base)")
     p.add_argument("--dllm", help="D-LLM target directory (default <results>/dllm/hf)")
     p.add_argument("--head-dense", help="EAGLE head of the dense target")
     p.add_argument("--head-dllm", help="EAGLE head of the D-LLM target")
+    p.add_argument("--predictor", help="acceptance predictor (default <results>/predictor/model)")
+    p.add_argument("--ats-mode", default="prune", choices=["prune", "steer"])
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)

@@ -24,6 +24,14 @@ from spadec.eagle.head import EagleHead, load_head
 from spadec.predictor.model import AcceptancePredictor, load_predictor
 
 METHODS = ("ar", "dllm", "eagle2", "eagle2_dllm", "spadec_eagle2")
+# `spadec_eagle2` uses the configured ATS mode; these name a mode explicitly.
+VARIANTS = {"spadec_eagle2_prune": "prune", "spadec_eagle2_steer": "steer"}
+
+
+def base_method(method: str) -> str:
+    return "spadec_eagle2" if method in VARIANTS else method
+
+
 NEEDS = {  # method -> (target, head) it needs
     "ar": ("dense", None),
     "dllm": ("dllm", None),
@@ -67,9 +75,11 @@ class Models:
         acc_length: int = 3,
     ) -> Models:
         """Load what `methods` need; a missing path for a needed model is an error."""
-        unknown = sorted(set(methods) - set(METHODS))
+        unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown} (known: {', '.join(METHODS)})")
+            known = ", ".join([*METHODS, *VARIANTS])
+            raise ValueError(f"unknown method(s) {unknown} (known: {known})")
+        methods = [base_method(m) for m in methods]
         paths = {
             "dense": base,
             "dllm": dllm,
@@ -115,7 +125,7 @@ def run_method(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> DecodeResult:
-    target_name, head_name = NEEDS[method]
+    target_name, head_name = NEEDS[base_method(method)]
     target = models.target(target_name)
     if method == "ar":
         return greedy_decode(
@@ -124,8 +134,9 @@ def run_method(
     if method == "dllm":
         return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
     verify = verify_all_layers
-    if method == "spadec_eagle2":
-        verify = spadec_verify_step(models.predictor, models.ats_mode, models.acc_length)
+    if base_method(method) == "spadec_eagle2":
+        mode = VARIANTS.get(method, models.ats_mode)
+        verify = spadec_verify_step(models.predictor, mode, models.acc_length)
     return eagle2_decode(
         target,
         models.head(head_name),

@@ -33,7 +33,7 @@ def spadec_verify_step(predictor, mode: str, acc_length: int = 3) -> Callable:
             raise ValueError(f"predictor layer_k {k} must lie in 1..{num_layers - 1}")
         tp = start_tree(model, compiled, cache)
         run_layers(model, tp, cache, 0, k)
-        probs = predictor(tp.hidden[0])
+        probs = predictor.score_tree(tp.hidden[0], compiled)
         chosen = select(compiled, probs, acc_length)
         if mode == "prune":
             keep_nodes(tp, chosen.keep)

@@ -5,8 +5,8 @@ EAGLE-2 runs on the D-LLM target with its head over training prompts (never the 
 prompts), greedy, all tokens voting (the plain Eagle2+D-LLM verification). The root of
 each tree is left out: it is the target's own token, always "accepted". One shard =
 `data.safetensors` (`features` [N, d] float16, `labels` uint8 [N], `depth` int32 [N],
-`sample` int32 [N] = prompt index within the shard, `step` int32 [N]) + `manifest.json`,
-written atomically.
+`sample` int32 [N] = prompt index within the shard, `step` int32 [N], `draft` float32
+[N, 3] = depth, cumulative and own draft log-prob) + `manifest.json`, written atomically.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from spadec.decoding.eagle2 import eagle2_decode
 from spadec.decoding.spadec import path_labels, recording_verify_step
 from spadec.io import atomic_dir, write_json
 from spadec.logs import progress
+from spadec.predictor.model import draft_features
 
 SHARD_FILE = "data.safetensors"
 MANIFEST = "manifest.json"
@@ -42,14 +43,16 @@ def collect_nodes(
 ) -> dict[str, torch.Tensor]:
     device = next(target.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("features", "labels", "depth", "sample", "step")
+        k: [] for k in ("features", "labels", "depth", "sample", "step", "draft")
     }
     for sample, prompt in enumerate(progress(prompts, desc="predictor_data")):
         hidden: list[torch.Tensor] = []
-        steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
         def on_step(compiled, acc, steps=steps):
-            steps.append((compiled.depth, path_labels(compiled.tokens.numel(), acc.path)))
+            extra = draft_features(compiled.depth, compiled.tree.scores, compiled.parents)
+            labels = path_labels(compiled.tokens.numel(), acc.path)
+            steps.append((compiled.depth, labels, extra))
 
         eagle2_decode(
             target,
@@ -61,7 +64,7 @@ def collect_nodes(
             verify_step=recording_verify_step(layer_k, hidden),
             on_step=on_step,
         )
-        for step, (h, (depth, labels)) in enumerate(zip(hidden, steps, strict=True)):
+        for step, (h, (depth, labels, extra)) in enumerate(zip(hidden, steps, strict=True)):
             drafted = depth > 0
             n = int(drafted.sum())
             parts["features"].append(h[drafted].to("cpu", torch.float16))
@@ -69,6 +72,7 @@ def collect_nodes(
             parts["depth"].append(depth[drafted].to("cpu", torch.int32))
             parts["sample"].append(torch.full((n,), sample, dtype=torch.int32))
             parts["step"].append(torch.full((n,), step, dtype=torch.int32))
+            parts["draft"].append(extra[drafted].to("cpu", torch.float32))
     if not parts["features"]:
         raise PredictorDataError("no draft-tree nodes were recorded (no prompts?)")
     return {k: torch.cat(v).contiguous() for k, v in parts.items()}

@@ -34,7 +34,7 @@ def split_by_sample(samples: torch.Tensor, heldout_fraction: float, seed: int):
 
 def evaluate(model: AcceptancePredictor, data: dict, mask: torch.Tensor) -> dict:
     with torch.no_grad():
-        probs = model(data["features"][mask])
+        probs = model(data["features"][mask], data["draft"][mask])
     labels = data["labels"][mask]
     trees = data["sample"][mask].long() * 1_000_000 + data["step"][mask].long()
     return {
@@ -52,7 +52,9 @@ def train_predictor(settings: dict, shard_dirs: list, out_dir: str | Path) -> di
     data = read_shards(shard_dirs)
     data["features"] = data["features"].float()
     train, held = split_by_sample(data["sample"], settings["heldout_fraction"], settings["seed"])
-    x, y = data["features"][train], data["labels"][train].float()
+    use_draft = settings["draft_features"]
+    inputs = torch.cat([data["features"], data["draft"]], -1) if use_draft else data["features"]
+    x, y = inputs[train], data["labels"][train].float()
     if y.sum() == 0 or y.sum() == len(y):
         raise ValueError("predictor training data has a single class; generate more data")
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
@@ -72,13 +74,14 @@ def train_predictor(settings: dict, shard_dirs: list, out_dir: str | Path) -> di
         opt.step()
         if (epoch + 1) % max(1, settings["epochs"] // 10) == 0:
             history.append({"epoch": epoch + 1, "loss": round(loss.item(), 5)})
-    model = AcceptancePredictor(x.shape[1], settings["layer_k"])
+    model = AcceptancePredictor(data["features"].shape[1], settings["layer_k"], use_draft)
     with torch.no_grad():  # w.(h - mean)/std + b  ==  (w/std).h + (b - w.mean/std)
         w = linear.weight[0] / std
         model.linear.weight.copy_(w[None])
         model.linear.bias.copy_(linear.bias - (w * mean).sum())
     metrics = {
         "layer_k": settings["layer_k"],
+        "draft_features": use_draft,
         "train": evaluate(model, data, train),
         "heldout": evaluate(model, data, held),
         "pos_weight": float(pos_weight),

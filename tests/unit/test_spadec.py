@@ -99,19 +99,19 @@ def test_published_predictor_weights_import(tmp_path):
         import_published(tmp_path / "junk.pth", 6, tmp_path / "x")
 
 
-def _predictor(model, layer_k=3, seed=0):
+def _predictor(model, layer_k=3, seed=0, draft=False):
     torch.manual_seed(seed)
-    pred = AcceptancePredictor(model.config.hidden_size, layer_k).double()
+    pred = AcceptancePredictor(model.config.hidden_size, layer_k, draft).double()
     torch.nn.init.normal_(pred.linear.weight, std=0.3)
     return pred
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2"])
-def test_spadec_prune_mode_equals_greedy_dllm(variant):
+@pytest.mark.parametrize(("variant", "draft"), [("llama-gqa", False), ("qwen2", True)])
+def test_spadec_prune_mode_equals_greedy_dllm(variant, draft):
     model = make_dllm(variant)
     ids = prompt(vocab=model.config.vocab_size)
     ref = dllm_decode(model, ids, 40)
-    verify = spadec_verify_step(_predictor(model), "prune")
+    verify = spadec_verify_step(_predictor(model, draft=draft), "prune")
     head = new_head(model).double().eval()
     random_head = eagle2_decode(model, head, ids, TreeParams(12, 3, 3), 40, verify_step=verify)
     assert random_head.output_ids == ref.output_ids
@@ -174,6 +174,8 @@ def test_predictor_data_labels_the_accepted_path(tmp_path):
     assert data["features"].shape == (n, model.config.hidden_size)
     assert int(data["depth"].min()) >= 1  # roots left out
     assert set(data["sample"].tolist()) == {0, 1}
+    assert torch.equal(data["draft"][:, 0], data["depth"].float())  # depth, then log-probs
+    assert bool((data["draft"][:, 1] <= 0).all()) and bool((data["draft"][:, 2] <= 0).all())
     # per step: nodes on the accepted path form a chain 1..a (one node per depth)
     for s in (0, 1):
         for step in set(data["step"][data["sample"] == s].tolist()):

@@ -100,12 +100,24 @@ def test_eagle_stage_outputs(finished_run):
         assert head.config.num_hidden_layers == 1
         metrics = json.loads((eagle / target / "head" / "metrics.json").read_text())
         assert 0 <= metrics["heldout_top1"] <= metrics["heldout_top3"] <= 1
-    bench = json.loads((eagle / "eval" / "metrics.json").read_text())["methods"]
-    assert set(bench) == {"ar", "dllm", "eagle2", "eagle2_dllm"}
-    # greedy speculative decoding is lossless on the trained micro models
-    assert bench["eagle2"]["same_output_as_baseline"] == 1.0
-    assert bench["eagle2_dllm"]["same_output_as_baseline"] == 1.0
-    assert bench["eagle2"]["tau"] >= 1.0
+    predictor = finished_run / "results" / "micro" / "predictor"
+    pm = json.loads((predictor / "model" / "metrics.json").read_text())
+    assert pm["layer_k"] == 2 and 0 <= pm["train"]["auc"] <= 1
+    decoding = finished_run / "results" / "micro" / "decoding"
+    bench = json.loads((decoding / "metrics.json").read_text())["methods"]
+    assert set(bench) == {
+        "ar",
+        "dllm",
+        "eagle2",
+        "eagle2_dllm",
+        "spadec_eagle2",
+        "spadec_eagle2_steer",
+    }
+    # greedy speculative decoding is lossless on the trained micro models (prune mode too)
+    for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
+        assert bench[method]["same_output_as_baseline"] == 1.0, method
+    records = (decoding / "records.jsonl").read_text().splitlines()
+    assert len(records) == 2 * 6  # 2 prompts x 6 methods, one record per turn
 
 
 def test_second_run_has_nothing_to_do(finished_run):
@@ -117,7 +129,8 @@ def test_second_run_has_nothing_to_do(finished_run):
 def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
-    eagle_on_both = {"distill": 2, "eagle_data": 4, "train_eagle": 2, "eval_eagle": 1}
+    predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, "eval_decoding": 1}
+    eagle_on_both = {"distill": 2, "eagle_data": 4, "train_eagle": 2, **predictor_and_eval}
     dllm_and_after = {
         "finetune_dllm": 1,
         "merge_lora": 1,
@@ -142,14 +155,47 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=dllm_change).stdout)
     # the dense target's EAGLE head does not depend on the D-LLM
-    eagle_on_dllm = {"distill": 1, "eagle_data": 2, "train_eagle": 1, "eval_eagle": 1}
+    eagle_on_dllm = {"distill": 1, "eagle_data": 2, "train_eagle": 1, **predictor_and_eval}
     assert jobs == {"stage_config": 1, **dllm_and_after, **eagle_on_dllm}
     # EAGLE knobs rerun only the rules that read them (per-part settings files).
     train_change = tmp_path / "train.yaml"
     train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
     jobs = _jobs(snakemake(finished_run, "-n", config=train_change).stdout)
-    assert jobs == {"stage_config": 1, "train_eagle": 2, "eval_eagle": 1, "all": 1}
+    assert jobs == {"stage_config": 1, "train_eagle": 2, **predictor_and_eval, "all": 1}
     tree_change = tmp_path / "tree.yaml"
     tree_change.write_text(MICRO_CONFIG.read_text().replace("top_k: 2", "top_k: 3"))
     jobs = _jobs(snakemake(finished_run, "-n", config=tree_change).stdout)
-    assert jobs == {"stage_config": 1, "eval_eagle": 1, "all": 1}
+    # the tree shapes the predictor's data too
+    assert jobs == {"stage_config": 1, **predictor_and_eval, "all": 1}
+    ats_change = tmp_path / "ats.yaml"
+    ats_change.write_text(
+        MICRO_CONFIG.read_text().replace("layer_k: 2", "layer_k: 2\n  ats_mode: steer")
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=ats_change).stdout)
+    assert jobs == {"stage_config": 1, "eval_decoding": 1, "all": 1}
+
+
+@pytest.mark.parametrize("method", ["ar", "eagle2", "spadec_eagle2"])
+def test_spadec_generate_prints_the_counters(finished_run, method):
+    import sys
+
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "spadec.cli",
+            "generate",
+            "--results",
+            str(finished_run / "results" / "micro"),
+            "--method",
+            method,
+            "--prompt",
+            "What does the function `os.getcwd` do?",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tokens/s" in proc.stderr
+    if method != "ar":
+        assert "tau" in proc.stderr and "accepted drafts per step" in proc.stderr

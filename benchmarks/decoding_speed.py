@@ -1,13 +1,14 @@
-"""EAGLE-2 speed: ar / dllm / eagle2 / eagle2_dllm side by side on held-out prompts.
+"""Decoding speed: ar / dllm / eagle2 / eagle2_dllm / spadec_eagle2 side by side.
 
-    python benchmarks/eagle_speed.py --results results/tiny
-    python benchmarks/eagle_speed.py --results results/tiny --trees 32/5/8 16/4/4 60/5/10
+    python benchmarks/decoding_speed.py --results results/tiny
+    python benchmarks/decoding_speed.py --results results/tiny --trees 32/5/8 16/4/4 60/5/10
 
-For every tree (total_tokens/depth/top_k) the four methods decode the same prompts,
-interleaved prompt by prompt after a warm-up, greedy, in this one process; the figures to
-read are tau and the speedup ratios (eagle2 vs ar, eagle2_dllm vs dllm), both as the mean
-of per-prompt ratios and as the ratio of totals. Greedy outputs must match their
-baselines (lossless); the script exits 1 if they do not.
+For every tree (total_tokens/depth/top_k) the methods (spadec_eagle2 in both ATS modes)
+decode the same held-out prompts, interleaved prompt by prompt after a warm-up, greedy, in
+this one process; the figures to read are tau, the layer-load shares and the speedup
+ratios (eagle2 vs ar; eagle2_dllm and spadec_eagle2 vs dllm), both as the mean of
+per-prompt ratios and as the ratio of totals. Greedy outputs of the lossless methods must
+match their baselines; the script exits 1 if they do not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from spadec.eagle.evaluate import evaluate_eagle
+from spadec.eval.decoding import evaluate_decoding
 from spadec.io import read_json
 from spadec.logs import setup_logging
 
@@ -46,17 +47,20 @@ def main() -> int:
     for spec in trees:
         total, depth, top_k = (int(x) for x in spec.split("/"))
         s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
-        metrics, _ = evaluate_eagle(
+        metrics, _ = evaluate_decoding(
             s,
             res / "base",
             res / "dllm" / "hf",
             res / "eagle" / "dense" / "head",
             res / "eagle" / "dllm" / "head",
             res / "data",
+            res / "predictor" / "model",
+            read_json(res / "config" / "predictor.decode.json"),
         )
         m = metrics["methods"]
         rows.append({"tree": spec, **metrics})
-        for method in ("eagle2", "eagle2_dllm"):
+        lossy = {"spadec_eagle2_steer"} | ({"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set())
+        for method in set(m) - {"ar", "dllm"} - lossy:
             lossless &= m[method]["same_output_as_baseline"] == 1.0
         print(
             f"tree {spec:>9}: tau eagle2 {m['eagle2']['tau']:.2f}, eagle2_dllm "
@@ -69,6 +73,14 @@ def main() -> int:
             f"{m['eagle2_dllm']['speedup_ratio_of_totals']:.2f}x), dllm/ar "
             f"{m['dllm']['speedup_mean_of_ratios']:.2f}x"
         )
+        for name in sorted(k for k in m if k.startswith("spadec")):
+            e = m[name]
+            print(
+                f"  {name}: tau {e['tau']:.2f}, {e['tokens_per_s']:.1f} tok/s, "
+                f"{e['speedup_mean_of_ratios']:.2f}x vs dllm, layer load "
+                f"{e['layer_load_share']:.3f} (eagle2_dllm {m['eagle2_dllm']['layer_load_share']:.3f}), "
+                f"same output as dllm {e['same_output_as_baseline']:.2f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if not lossless:

@@ -1,5 +1,6 @@
-"""The EAGLE stage's own benchmark: ar, dllm, eagle2, eagle2_dllm side by side on
-held-out prompts (first turns), greedy, in one process."""
+"""The decoding methods side by side on held-out prompts (first turns), greedy, in one
+process: ar, dllm, eagle2, eagle2_dllm and spadec_eagle2 (in the configured ATS mode, and
+the other mode as `spadec_eagle2_<mode>`, so steer's token match rate is measured)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,41 @@ from spadec.decoding.methods import METHODS, Models
 from spadec.eval.speed import run_side_by_side, summarize
 from spadec.io import read_jsonl
 
-BASELINES = {"dllm": "ar", "eagle2": "ar", "eagle2_dllm": "dllm"}
+BASELINES = {
+    "dllm": "ar",
+    "eagle2": "ar",
+    "eagle2_dllm": "dllm",
+    "spadec_eagle2": "dllm",
+    "spadec_eagle2_prune": "dllm",
+    "spadec_eagle2_steer": "dllm",
+}
 
 
-def evaluate_eagle(
+def evaluate_decoding(
     settings: dict,
     base: str | Path,
     dllm: str | Path,
     head_dense: str | Path,
     head_dllm: str | Path,
     data_dir: str | Path,
+    predictor: str | Path,
+    ats: dict,
 ) -> tuple[dict, list[dict]]:
-    """(metrics, per-turn records)."""
+    """(metrics, per-turn records). `settings` = eagle.decode, `ats` = predictor.decode."""
     bench = settings["eval"]
-    methods = list(METHODS)
-    models = Models.load(methods, base, dllm, head_dense, head_dllm, settings["dtype"])
+    other = "steer" if ats["ats_mode"] == "prune" else "prune"
+    methods = [*METHODS, f"spadec_eagle2_{other}"]
+    models = Models.load(
+        methods,
+        base,
+        dllm,
+        head_dense,
+        head_dllm,
+        settings["dtype"],
+        predictor=predictor,
+        ats_mode=ats["ats_mode"],
+        acc_length=ats["acc_length"],
+    )
     questions = read_jsonl(Path(data_dir) / f"eval_{bench['bench']}.jsonl")
     questions = questions[: bench["max_prompts"]]
     if not questions:
@@ -48,6 +69,7 @@ def evaluate_eagle(
         "prompts": len(prompts),
         "max_new_tokens": bench["max_new_tokens"],
         "tree": {"total_tokens": params.total_tokens, "depth": params.depth, "top_k": params.top_k},
+        "ats_mode": ats["ats_mode"],
         "methods": summarize(records, BASELINES),
     }
     return metrics, records

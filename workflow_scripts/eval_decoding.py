@@ -1,9 +1,9 @@
-"""Entry point of rule eval_eagle: ar / dllm / eagle2 / eagle2_dllm side by side."""
+"""Entry point of rule eval_decoding: ar / dllm / eagle2 / eagle2_dllm / spadec_eagle2 side by side."""
 
 import argparse
 import json
 
-from spadec.eagle.evaluate import evaluate_eagle
+from spadec.eval.decoding import evaluate_decoding
 from spadec.io import atomic_dir, read_json, write_json, write_jsonl
 from spadec.logs import setup_logging
 from spadec.provenance import RunInfo
@@ -14,15 +14,18 @@ parser.add_argument("--base", required=True, help="dense target directory")
 parser.add_argument("--dllm", required=True, help="D-LLM target directory")
 parser.add_argument("--head-dense", required=True)
 parser.add_argument("--head-dllm", required=True)
+parser.add_argument("--predictor", required=True, help="the acceptance predictor directory")
+parser.add_argument("--ats", required=True, help="resolved predictor.decode settings (JSON)")
 parser.add_argument("--data", required=True, help="the model's data directory")
 parser.add_argument("--out", required=True, help="output directory")
 args = parser.parse_args()
 
 setup_logging()
 settings = read_json(args.config)
-run_info = RunInfo("eval_eagle", settings)
-metrics, records = evaluate_eagle(
-    settings, args.base, args.dllm, args.head_dense, args.head_dllm, args.data
+ats = read_json(args.ats)
+run_info = RunInfo("eval_decoding", {**settings, "ats": ats})
+metrics, records = evaluate_decoding(
+    settings, args.base, args.dllm, args.head_dense, args.head_dllm, args.data, args.predictor, ats
 )
 with atomic_dir(args.out) as tmp:
     write_json(tmp / "metrics.json", metrics)
