@@ -59,7 +59,9 @@ def main() -> int:
         )
         m = metrics["methods"]
         rows.append({"tree": spec, **metrics})
-        lossy = {"spadec_eagle2_steer"} | ({"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set())
+        lossy = {"spadec_eagle2_steer"} | (
+            {"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set()
+        )
         for method in set(m) - {"ar", "dllm"} - lossy:
             lossless &= m[method]["same_output_as_baseline"] == 1.0
         print(
