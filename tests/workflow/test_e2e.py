@@ -159,7 +159,7 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     assert jobs == {"stage_config": 1, **dllm_and_after, **eagle_on_dllm}
     # EAGLE knobs rerun only the rules that read them (per-part settings files).
     train_change = tmp_path / "train.yaml"
-    train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-2", "lr: 2.0e-2"))
     jobs = _jobs(snakemake(finished_run, "-n", config=train_change).stdout)
     assert jobs == {"stage_config": 1, "train_eagle": 2, **predictor_and_eval, "all": 1}
     tree_change = tmp_path / "tree.yaml"
