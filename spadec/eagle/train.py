@@ -1,58 +1,47 @@
 """Train the EAGLE draft head with DeepSpeed (ZeRO-2), resumably, on one or many ranks.
 
-    vloss = sum_t m_t * mean_d SmoothL1(pred_t - target_t) / sum_t m_t
-    ploss = -sum_t m_t * sum_v softmax(W_lm target_t)_v * log_softmax(W_lm pred_t)_v / sum_t m_t
-    loss  = value_weight * vloss + prob_weight * ploss
+The training flow: the run plan, the engine, the loop and held-out evaluation, plus the
+target tensors and the data split/order. The loss lives in spadec.eagle.losses, the
+DeepSpeed config, process group and checkpoints in spadec.eagle.ds_runtime.
 
-m marks answer positions (padding and prompt never count, unlike upstream's B*L
-normalisation); W_lm is the target's LM head (its embedding when tied), a frozen fp32
-tensor read straight from the target's safetensors. Train samples get uniform noise
-U(-a/2, a/2) on their input features, a = `noise_amplitude` (no length-dependent scale).
-The held-out split is a seeded shuffle of all samples.
-
-DeepSpeed gets the head, its trainable parameters and a torch AdamW (no JIT-built fused
-optimizer); the config is configs/deepspeed/zero2.json with every "auto" filled from the
-settings. Batches are built here, not by DeepSpeed: epoch e visits the train samples in
-a shuffle seeded by (seed, e), rank r of W takes every W-th micro-batch, and the random
-draws of micro-step k are seeded by (seed, k, r), so a resumed run repeats the unbroken
-one exactly. Checkpoints are DeepSpeed's own (`ckpt_dir/step_<n>/`, one optimizer shard
-per rank); `spadec_state.json`, written by rank 0 after every rank finished saving,
-marks one complete and records the settings hash and world size a resume must match.
-DeepSpeed's own loader unpickles (weights_only=False); we load its files with
-weights_only=True instead (spadec.eagle.ds_safe_load), so no pickle code ever runs.
+Train samples get uniform noise U(-a/2, a/2) on their input features, a =
+`noise_amplitude` (no length-dependent scale). The held-out split is a seeded shuffle of
+all samples. Batches are built here, not by DeepSpeed: epoch e visits the train samples
+in a shuffle seeded by (seed, e), rank r of W takes every W-th micro-batch, and the
+random draws of micro-step k are seeded by (seed, k, r), so a resumed run repeats the
+unbroken one exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import logging
-import os
 import random
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from spadec.config import config_hash
 from spadec.eagle.data import MANIFEST, SHARD_FILE, ShardReader, collate_pairs, training_pair
-from spadec.eagle.ds_safe_load import weights_only_checkpoint_loads
+from spadec.eagle.ds_runtime import (
+    EagleTrainError,
+    all_sum,
+    barrier,
+    deepspeed_config,
+    distributed,
+    resume,
+    save,
+)
 from spadec.eagle.head import EagleHead, head_config_for, save_head
-from spadec.io import read_json, write_json
+from spadec.eagle.losses import combined_loss, head_losses
+from spadec.io import read_json
 from spadec.logs import progress
 from spadec.provenance import RunInfo
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-MARKER = "spadec_state.json"
-KEEP_CHECKPOINTS = 2
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # The settings that shape the trained weights; decoding keys (depth, top_k, ...) and the
 # log/checkpoint cadence may change without discarding a checkpoint.
 TRAIN_KEYS = (
@@ -71,11 +60,6 @@ TRAIN_KEYS = (
     "value_weight",
     "prob_weight",
 )
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-class EagleTrainError(ValueError):
-    """Settings, target or DeepSpeed config the trainer cannot work with."""
 
 
 # ----------------------------------------------------------------------------- target
@@ -141,49 +125,6 @@ def target_tensors(target_dir: str | Path):
     return config, embed, lm_head
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def head_losses(
-    pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, w_lm: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Masked sums over answer positions (divide by `count` for the means above).
-
-    pred, target: [B, L, d]; loss_mask: [B, L] in {0, 1}; w_lm: [V, d] fp32. Only the
-    masked rows are projected onto the vocabulary: B*L*V logits would dwarf the head.
-    Returns vloss_sum, ploss_sum (differentiable), count, top1 and top3 (hit counts).
-    """
-    keep = loss_mask > 0
-    p = pred[keep].float()
-    t = target[keep].float()
-    v_sum = F.smooth_l1_loss(p, t, reduction="none", beta=1.0).mean(-1).sum()
-    with torch.no_grad():
-        target_logits = t @ w_lm.T
-        p_target = torch.softmax(target_logits, dim=-1)
-        labels = target_logits.argmax(-1)
-    logq = torch.log_softmax(p @ w_lm.T, dim=-1)
-    p_sum = -(p_target * logq).sum()
-    with torch.no_grad():
-        top = logq.topk(min(3, logq.shape[-1]), dim=-1).indices
-        hits = top == labels[:, None]
-    # pred.sum() * 0: an all-prompt micro-batch still reaches every parameter, which
-    # ZeRO-2's gradient hooks expect.
-    zero = pred.sum() * 0
-    return {
-        "vloss_sum": v_sum + zero,
-        "ploss_sum": p_sum + zero,
-        "count": keep.sum(),
-        "top1": hits[:, 0].sum(),
-        "top3": hits.any(-1).sum(),
-    }
-
-
-def combined_loss(sums: dict, settings: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    denom = sums["count"].clamp(min=1)
-    vloss, ploss = sums["vloss_sum"] / denom, sums["ploss_sum"] / denom
-    return settings["value_weight"] * vloss + settings["prob_weight"] * ploss, vloss, ploss
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -211,182 +152,6 @@ def micro_batch_indices(order: list[int], pos: int, micro: int, rank: int, world
 def _batch(reader: ShardReader, indices: list[int], max_len: int, device) -> dict:
     pairs = [training_pair(reader[i], max_len) for i in indices]
     return {k: v.to(device) for k, v in collate_pairs(pairs).items()}
-
-
-# ----------------------------------------------------------------------------- DeepSpeed
-
-
-def deepspeed_config(template: dict, settings: dict, total_steps: int, warmup: int) -> dict:
-    """The DeepSpeed config: `template` with its "auto" fields filled from `settings`."""
-    if "optimizer" in template:
-        raise EagleTrainError(
-            "the DeepSpeed config must not have an 'optimizer' section: "
-            "the trainer passes its own torch AdamW"
-        )
-    if "train_batch_size" in template:
-        raise EagleTrainError(
-            "the DeepSpeed config must not set train_batch_size: it follows from "
-            "micro_batch * grad_accum * world size"
-        )
-    cfg = _drop_private(copy.deepcopy(template))
-    precision = settings["train_precision"]
-    cfg["train_micro_batch_size_per_gpu"] = settings["micro_batch"]
-    cfg["gradient_accumulation_steps"] = settings["grad_accum"]
-    cfg["gradient_clipping"] = settings["grad_clip"]
-    cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
-    cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
-    scheduler = cfg.get("scheduler", {}).get("params")
-    if scheduler is not None:
-        fill = {
-            "warmup_max_lr": settings["lr"],
-            "warmup_num_steps": warmup,
-            "total_num_steps": total_steps,
-        }
-        for key, value in fill.items():
-            if scheduler.get(key) == "auto":
-                scheduler[key] = value
-    left = _auto_paths(cfg)
-    if left:
-        raise EagleTrainError(f"DeepSpeed config: no value for 'auto' at {', '.join(left)}")
-    return cfg
-
-
-def _drop_private(obj):
-    if isinstance(obj, dict):
-        return {k: _drop_private(v) for k, v in obj.items() if not k.startswith("_")}
-    return obj
-
-
-def _auto_paths(obj, prefix: str = "") -> list[str]:
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _auto_paths(v, f"{prefix}{k}.")]
-    return [prefix.rstrip(".")] if obj == "auto" else []
-
-
-@contextlib.contextmanager
-def distributed():
-    """torch.distributed through DeepSpeed; a plain `python` run becomes a world of one.
-
-    Launchers set RANK/WORLD_SIZE/...; without them the defaults are set here (a free
-    port, never a fixed one) and removed again on exit, so a caller (a test process)
-    does not hand them on to its children. The process group itself stays: DeepSpeed
-    caches groups module-wide, and a second call in the same process reuses it.
-    """
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    from spadec.launch import free_port
-
-    if get_accelerator().device_name() == "cpu":
-        # DeepSpeed would JIT-compile its shared-memory allreduce (~34 s) on every cold
-        # CPU start; gloo does the few collectives a head needs just as well.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
-        if local > 1 and "OMP_NUM_THREADS" not in os.environ:
-            # N ranks with all cores each oversubscribe the CPU (measured: 20x slower
-            # steps with 2 ranks on 2 cores); share the cores as torchrun does.
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
-    added = []
-    if "RANK" not in os.environ:
-        defaults = {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
-            "RANK": "0",
-            "WORLD_SIZE": "1",
-            "LOCAL_RANK": "0",
-        }
-        added = [k for k in _DIST_ENV if k not in os.environ]
-        os.environ.update({k: defaults[k] for k in added})
-    try:
-        # auto_mpi_discovery off: the variables are set, an MPI probe would only fail.
-        deepspeed.init_distributed(auto_mpi_discovery=False)
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-def _barrier() -> None:
-    torch.distributed.barrier()
-
-
-def _all_sum(values: list[float], device) -> list[float]:
-    buf = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(buf)
-    return buf.tolist()
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def find_checkpoint(
-    ckpt_dir: str | Path, settings_hash: str, world: int, verbose: bool = True
-) -> dict | None:
-    """The newest complete checkpoint of these settings and world size (its marker), or None."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    found, ignored = [], []
-    for sub in sorted(ckpt_dir.iterdir()):
-        match = _STEP_DIR.match(sub.name)
-        if not (match and sub.is_dir()):
-            continue
-        marker = sub / MARKER
-        if not marker.is_file():
-            ignored.append(f"{sub.name} (incomplete)")
-            continue
-        try:
-            state = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            ignored.append(f"{sub.name} (unreadable {MARKER})")
-            continue
-        if state.get("settings_hash") != settings_hash:
-            ignored.append(f"{sub.name} (other settings)")
-        elif state.get("world_size") != world:
-            # ZeRO-2 optimizer shards and the rank slicing of batches both follow the world.
-            ignored.append(f"{sub.name} (world size {state.get('world_size')}, now {world})")
-        else:
-            found.append({**state, "tag": sub.name, "step": int(match.group(1))})
-    if ignored and verbose:
-        log.info("ignoring checkpoint(s) in %s: %s", ckpt_dir, ", ".join(ignored))
-    return max(found, key=lambda s: s["step"]) if found else None
-
-
-def _prune(ckpt_dir: Path, settings_hash: str, world: int, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints of this run; drop every other step_*."""
-    mine = []
-    for sub in ckpt_dir.iterdir():
-        match = _STEP_DIR.match(sub.name)
-        if not (match and sub.is_dir()):
-            continue
-        try:
-            state = json.loads((sub / MARKER).read_text())
-        except (OSError, json.JSONDecodeError):
-            state = {}
-        ok = state.get("settings_hash") == settings_hash and state.get("world_size") == world
-        mine.append((ok, int(match.group(1)), sub))
-    kept = {sub for _, _, sub in sorted(m for m in mine if m[0])[-keep:]}
-    for _, _, sub in mine:
-        if sub not in kept:
-            shutil.rmtree(sub, ignore_errors=True)
-
-
-def _save(engine, ckpt_dir: Path, step: int, state: dict, rank: int) -> None:
-    tag = f"step_{step}"
-    if rank == 0:
-        # A leftover folder of that name (other settings) must not lend its marker to a
-        # half-written save of ours.
-        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
-    _barrier()
-    # save_latest=False: resume reads the markers, never DeepSpeed's `latest` file, which
-    # would name a checkpoint before its marker exists.
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
-    # save_checkpoint (torch checkpoint engine, not a decoupled/async one) ends in a
-    # barrier already; this one keeps the marker's guarantee if that ever changes.
-    _barrier()
-    if rank == 0:
-        write_json(ckpt_dir / tag / MARKER, state)
-        _prune(ckpt_dir, state["settings_hash"], state["world_size"], KEEP_CHECKPOINTS)
 
 
 # ----------------------------------------------------------------------------- training
@@ -458,7 +223,7 @@ def evaluate(head, reader, indices, settings, w_lm, rank, world) -> dict:
         pred = head(batch["features"], batch["input_ids"], batch["attention_mask"])
         out = head_losses(pred, batch["target"], batch["loss_mask"], w_lm)
         sums = [acc + float(out[k]) for acc, k in zip(sums, keys, strict=True)]
-    v, p, n, top1, top3 = _all_sum(sums, device)
+    v, p, n, top1, top3 = all_sum(sums, device)
     if n == 0:
         return {
             "positions": 0,
@@ -543,7 +308,9 @@ def train_head(
         engine, head = _engine(settings, config, embed, ds_config)
         w_lm = lm_head.to(engine.device)  # frozen, fp32, outside DeepSpeed: it only scores
         settings_hash = run_hash(settings, ds_config, shard_dirs, Path(target_dir))
-        start, history = _resume(engine, Path(ckpt_dir), settings_hash, plan)
+        start, history = resume(
+            engine, Path(ckpt_dir), settings_hash, plan.rank, plan.world, plan.total
+        )
         if plan.rank == 0:
             log.info(
                 "%d train / %d held-out samples, %d optimizer steps (%d per epoch), world %d, "
@@ -567,7 +334,7 @@ def train_head(
         held = evaluate(
             final.to(engine.device), reader, plan.heldout, settings, w_lm, plan.rank, plan.world
         )
-        _barrier()
+        barrier()
     if plan.rank != 0:
         return None
     metrics = {
@@ -626,21 +393,6 @@ def _engine(settings: dict, config, embed: torch.Tensor, ds_config: dict):
     return engine, head
 
 
-def _resume(engine, ckpt_dir: Path, settings_hash: str, plan: _Plan) -> tuple[int, list]:
-    found = find_checkpoint(ckpt_dir, settings_hash, plan.world, verbose=plan.rank == 0)
-    if found is None:
-        return 0, []
-    with weights_only_checkpoint_loads():
-        path, client = engine.load_checkpoint(str(ckpt_dir), tag=found["tag"])
-    if path is None or (client or {}).get("settings_hash") != settings_hash:
-        raise EagleTrainError(f"{ckpt_dir / found['tag']}: DeepSpeed could not load it")
-    if plan.rank == 0:
-        log.info(
-            "resuming from %s (step %d of %d)", ckpt_dir / found["tag"], found["step"], plan.total
-        )
-    return found["step"], list(found.get("history", []))
-
-
 def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settings_hash) -> list:
     seed, device = settings["seed"], engine.device
     dtype = engine.module.fc.weight.dtype
@@ -681,7 +433,7 @@ def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settin
             window += torch.stack([loss.detach(), vloss.detach(), ploss.detach(), one])
         done = step + 1
         if done % settings["log_every"] == 0 or done == plan.total:
-            loss_s, v_s, p_s, n = _all_sum(window.tolist(), device)
+            loss_s, v_s, p_s, n = all_sum(window.tolist(), device)
             window.zero_()
             entry = {
                 "step": done,
@@ -709,5 +461,5 @@ def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settin
                 "world_size": plan.world,
                 "history": history,
             }
-            _save(engine, ckpt_dir, done, state, plan.rank)
+            save(engine, ckpt_dir, done, state, plan.rank)
     return history

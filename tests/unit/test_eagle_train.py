@@ -17,16 +17,10 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spadec.eagle.data import write_shard
+from spadec.eagle.ds_runtime import MARKER, EagleTrainError, deepspeed_config
 from spadec.eagle.head import load_head
-from spadec.eagle.train import (
-    MARKER,
-    EagleTrainError,
-    deepspeed_config,
-    head_losses,
-    split_samples,
-    target_tensors,
-    train_head,
-)
+from spadec.eagle.losses import head_losses
+from spadec.eagle.train import split_samples, target_tensors, train_head
 from spadec.io import read_json, write_json
 from tests.conftest import REPO, kill_after_checkpoint
 
@@ -210,7 +204,7 @@ def test_killed_run_resumes_to_the_unbroken_head(tiny, reference, tmp_path):
 def test_stale_checkpoints_are_ignored(tiny, reference, tmp_path, caplog, one_thread):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference["ckpt"], ckpt)
-    caplog.set_level(logging.INFO, logger="spadec.eagle.train")
+    caplog.set_level(logging.INFO, logger="spadec.eagle.ds_runtime")
     other = {**SETTINGS, "lr": 1e-3, "epochs": 1}
     metrics = train_head(other, tiny["target"], tiny["shards"], tmp_path / "head", ckpt, DS_CONFIG)
     assert metrics["resumed_from_step"] == 0 and metrics["steps"] == 4
