@@ -1,9 +1,10 @@
 """Load DeepSpeed checkpoints without executing pickle.
 
-DeepSpeed's torch checkpoint engine calls `torch.load(..., weights_only=False)`, which
-runs arbitrary pickled code. Its files hold tensors, plain containers and three of its
-own small classes (loss scalers, the ZeRO stage enum, fragment addresses); with those allow-listed, `weights_only=True` reads them, so a
-tampered checkpoint fails to load instead of running code.
+DeepSpeed's torch checkpoint engine loads with `weights_only=False`, which runs arbitrary
+pickled code. Its files hold tensors, plain containers and a few of its own small classes
+(loss scalers, the ZeRO stage enum, fragment addresses); with those allow-listed,
+`weights_only=True` reads them, so a tampered checkpoint fails to load instead of running
+code.
 """
 
 from __future__ import annotations

@@ -1,0 +1,466 @@
+"""The cluster profile against a real one-node SLURM (scripts/slurm_cluster.sh, two fake GPUs).
+
+Four runs start together (SLURM runs mostly wait on the executor's polling; about 4 minutes
+in all, most of it the time-limit run):
+- the micro config `--until prepare_base` through `--workflow-profile profiles/slurm`, with
+  prepare_base asking for one GPU: every job submitted, run inside its allocation, finished,
+  and the GPU request on the GPU partition;
+- the same subset run locally (profiles/ci): the same files, the same tables;
+- a job that fails (its settings file is garbage): reported as failed;
+- prepare_base (on ready-made data) with more steps than fit in its 1-minute limit: killed
+  by SLURM, resubmitted with 3 minutes, resumed from its own checkpoint.
+The whole micro DAG takes 5+ minutes under SLURM on 2 cores (every job pays Snakemake's start
+and the executor's polling), over the CI budget: prepare_data (a CPU rule) and prepare_base
+(a training rule, here a GPU rule) are the subset. The fake GPUs have no CUDA behind them:
+jobs compute on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import MICRO_CONFIG, REPO, run, tool
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+IN_CI = bool(os.environ.get("CI"))
+# The profile's variables, as a site would set them (the cluster has no accounting: any
+# account is accepted).
+SLURM_ENV = {
+    "SPADEC_SLURM_ACCOUNT": "ci",
+    "SPADEC_SLURM_PARTITION": "cpu",
+    "SPADEC_SLURM_GPU_PARTITION": "gpu",
+}
+# Walltime run: ~110 s of pre-training at ~44 steps/s (2 cores; 35 seen). SLURM kills a
+# 1-minute job 60-90 s after it starts (its limit check runs every 30 s), so the first
+# attempt cannot finish however the check falls, even on a machine 1/4 faster; the second
+# (3 minutes) could redo all of it.
+WALLTIME_STEPS = 4800
+WALLTIME_CKPT_EVERY = 100
+RUN_TIMEOUT_S = 420
+
+
+def _unavailable(reason: str):
+    # In CI the cluster must come up: a skip there would hide a broken setup.
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _slurm_installed() -> bool:
+    return all(
+        shutil.which(name) or Path("/usr/sbin", name).exists()
+        for name in ("munged", "slurmctld", "slurmd", "sbatch", "squeue")
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running one-node cluster; stopped at the end unless it was already running."""
+    if os.geteuid() != 0:
+        _unavailable("starting SLURM needs root (sudo bash scripts/slurm_cluster.sh start)")
+    if not _slurm_installed():
+        if IN_CI:
+            proc = run(["bash", str(SCRIPT), "install"], timeout=900)
+            if proc.returncode:
+                pytest.fail(f"installing SLURM failed:\n{proc.stderr[-3000:]}")
+        else:
+            pytest.skip("SLURM is not installed (sudo bash scripts/slurm_cluster.sh install)")
+    was_running = run(["bash", str(SCRIPT), "status"], timeout=60).returncode == 0
+    proc = run(["bash", str(SCRIPT), "start"], timeout=180)
+    if proc.returncode:
+        _unavailable(f"could not start SLURM:\n{proc.stderr[-3000:]}")
+    yield
+    if not was_running:
+        run(["bash", str(SCRIPT), "stop"], timeout=180)
+
+
+def _set_resources(**overrides: dict) -> list[str]:
+    """The real profile's `set-resources`, plus CI overrides: on the command line the option
+    replaces the profile's whole map, so the profile's entries are repeated from its file."""
+    entries = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())["set-resources"]
+    entries = {rule: dict(res) for rule, res in entries.items()}
+    for rule, res in overrides.items():
+        entries.setdefault(rule, {}).update(res)
+    env = {**os.environ, **SLURM_ENV}
+    args = []
+    for rule, res in entries.items():
+        for key, value in res.items():
+            value = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), str(value))
+            args.append(f"{rule}:{key}={value}")
+    return ["--set-resources", *args]
+
+
+def _snakemake(workdir: Path, config: Path, *args: str, slurm: bool) -> list[str]:
+    cmd = [tool("snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    cmd += ["--configfile", str(config)]
+    if slurm:
+        # --verbose: the plugin logs each sbatch line only then
+        cmd += ["--profile", str(REPO / "profiles" / "slurm-ci")]
+        cmd += ["--workflow-profile", str(SLURM_PROFILE), "--verbose"]
+    else:
+        cmd += ["--workflow-profile", str(REPO / "profiles" / "ci")]
+    return [*cmd, *args]
+
+
+class Run:
+    """One snakemake run in the background (its own process group, output to a file)."""
+
+    def __init__(self, name: str, workdir: Path, cmd: list[str], env: dict | None = None):
+        self.name, self.workdir = name, workdir
+        self.log_path = workdir.parent / f"{workdir.name}.out"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.returncode: int | None = None
+
+    def wait(self, deadline: float) -> None:
+        try:
+            self.returncode = self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            # The executor can ignore SIGTERM while it polls: kill the whole group.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.returncode = self.proc.wait(timeout=60)
+        self._log.close()
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return f"{self.name} (rc {self.returncode}):\n{self.output[-6000:]}"
+
+    def submissions(self) -> list[tuple[str, str, str]]:
+        """(rule, SLURM job id, sbatch line) of every submission, in order."""
+        calls = re.findall(r"^sbatch call: (sbatch .*)$", self.output, re.M)
+        ids = re.findall(r"has been submitted with SLURM jobid (\d+)", self.output)
+        assert len(calls) == len(ids), self.tail()
+        rules = [
+            re.search(r"--comment '?rule_(\w+?)(_wildcards_\S+)?'? ", c).group(1) for c in calls
+        ]
+        return list(zip(rules, ids, calls, strict=True))
+
+
+def _squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """What the controller says about finished jobs (kept MinJobAge=600 s)."""
+    fields = ["JobID", "Partition", "State", "tres-per-job", "TimeLimit", "Comment"]
+    out = run(
+        [
+            "squeue",
+            "-h",
+            "-t",
+            "all",
+            "-j",
+            ",".join(job_ids),
+            "-O",
+            ",".join(f"{f}:60" for f in fields),
+        ],
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = (line.split() for line in out.splitlines() if line.strip())
+    return {row[0]: dict(zip(fields, row, strict=True)) for row in rows}
+
+
+def _walltime_config(path: Path) -> Path:
+    text = MICRO_CONFIG.read_text()
+    for old, new in (
+        ("    steps: 12\n", f"    steps: {WALLTIME_STEPS}\n"),
+        ("    checkpoint_every: 5\n", f"    checkpoint_every: {WALLTIME_CKPT_EVERY}\n"),
+        ("    log_every: 5\n", f"    log_every: {WALLTIME_CKPT_EVERY}\n"),
+    ):
+        assert text.count(old) == 1, old  # the base stage's knobs
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+def _seed_data(workdir: Path, micro_data: Path, config: dict) -> None:
+    """The micro datasets (built once per session) as prepare_data's output, with its
+    settings file older than them: Snakemake then has nothing to redo before prepare_base."""
+    from spadec.config import resolve_stage
+    from spadec.io import write_json
+
+    data = workdir / "results" / "micro" / "data"
+    shutil.copytree(micro_data, data)
+    settings = workdir / "results" / "micro" / "config" / "data.json"
+    write_json(settings, resolve_stage(config, "micro", "data"))
+    oldest = min(p.stat().st_mtime for p in [data, *data.rglob("*")]) - 60
+    os.utime(settings, (oldest, oldest))
+
+
+@pytest.fixture(scope="module")
+def runs(slurm_cluster, micro_data, micro_config, tmp_path_factory) -> dict[str, Run]:
+    root = tmp_path_factory.mktemp("slurm")
+    until = ["--until", "prepare_base"]
+    one_gpu = {"prepare_base": {"gpu": 1}}
+    failing = root / "failing"
+    (failing / "results" / "micro" / "config").mkdir(parents=True)
+    # stage_config does not rerun over an existing file: prepare_data gets garbage
+    (failing / "results" / "micro" / "config" / "data.json").write_text("not json\n")
+    walltime = root / "walltime"
+    _seed_data(walltime, micro_data, micro_config)
+    started = time.monotonic()
+    jobs = {
+        # longest first: it sets the module's wall time (the others use the CPU only
+        # during its first attempt, which only has to be killed)
+        "walltime": Run(
+            "walltime",
+            walltime,
+            _snakemake(
+                walltime,
+                _walltime_config(root / "walltime.yaml"),
+                *until,
+                # attempt-scaled like the rule's own 120 * attempt, in CI-sized minutes:
+                # 1, then 3 (the retry fits even if the first attempt saved nothing)
+                *_set_resources(prepare_base={"gpu": 1, "runtime": "2 * attempt - 1"}),
+                slurm=True,
+            ),
+            SLURM_ENV,
+        ),
+        "slurm": Run(
+            "slurm",
+            root / "slurm",
+            _snakemake(
+                root / "slurm", MICRO_CONFIG, *until, *_set_resources(**one_gpu), slurm=True
+            ),
+            SLURM_ENV,
+        ),
+        "failing": Run(
+            "failing",
+            failing,
+            _snakemake(failing, MICRO_CONFIG, "--until", "prepare_data", slurm=True),
+            SLURM_ENV,
+        ),
+        "local": Run(
+            "local", root / "local", _snakemake(root / "local", MICRO_CONFIG, *until, slurm=False)
+        ),
+    }
+    deadline = started + RUN_TIMEOUT_S
+    for job in jobs.values():
+        job.wait(deadline)
+    print(f"SLURM runs took {time.monotonic() - started:.0f} s")
+    return jobs
+
+
+def test_every_job_is_submitted_runs_in_its_allocation_and_finishes(runs):
+    slurm = runs["slurm"]
+    assert slurm.returncode == 0, slurm.tail()
+    submitted = {rule: (job_id, call) for rule, job_id, call in slurm.submissions()}
+    assert set(submitted) == {"prepare_data", "prepare_base"}, slurm.tail()
+    state = _squeue([job_id for job_id, _ in submitted.values()])
+    results = slurm.workdir / "results" / "micro"
+    for rule, out in (("prepare_data", "data"), ("prepare_base", "base")):
+        job_id, call = submitted[rule]
+        print(f"{rule}: {call.split(' --wrap=')[0]}")
+        assert state[job_id]["State"] == "COMPLETED", state
+        # the job's own record says where it ran
+        device = json.loads((results / out / "run_info.json").read_text())["device"]
+        assert device["SLURM_JOB_ID"] == job_id, device
+    data_id, data_call = submitted["prepare_data"]
+    base_id, base_call = submitted["prepare_base"]
+    # a CPU rule: one task on the CPU partition, no GPU
+    assert " -p cpu " in data_call and "--ntasks=1" in data_call and "--gpus" not in data_call
+    assert state[data_id]["Partition"] == "cpu" and state[data_id]["tres-per-job"] == "N/A"
+    # the GPU rule: --gpus=1 on the GPU partition, one launcher (no task per GPU)
+    assert " -p gpu " in base_call and "--gpus=1" in base_call and "--ntasks" not in base_call
+    assert state[base_id]["Partition"] == "gpu" and state[base_id]["tres-per-job"] == "gres:gpu:1"
+    device = json.loads((results / "base" / "run_info.json").read_text())["device"]
+    # one of the two fake GPUs (the walltime run may hold the other), set by SLURM's GRES
+    assert device["CUDA_VISIBLE_DEVICES"] in ("0", "1"), device
+    assert json.loads((results / "base" / "metrics.json").read_text())["device"] == "cpu"
+    # inside the allocation the job step is one task (`srun -n1`) holding the GPU
+    slurm_log = slurm.workdir / ".snakemake" / "slurm_logs" / "rule_prepare_base" / "micro"
+    step = re.search(
+        r"The call for this job is: (srun [^/]*)", (slurm_log / f"{base_id}.log").read_text()
+    )
+    assert step and step.group(1).split()[:2] == ["srun", "-n1"] and "--gpus=1" in step.group(1)
+
+
+# Keys that measure speed or time: they differ between any two runs.
+_TIMING = re.compile(r"per_s$|wall|_at$")
+
+
+def _same_json(slurm, local, where: str) -> None:
+    if isinstance(local, dict):
+        assert set(slurm) == set(local), where
+        for key in local:
+            if not _TIMING.search(key):
+                _same_json(slurm[key], local[key], f"{where}.{key}")
+    elif isinstance(local, list):
+        assert len(slurm) == len(local), where
+        for i, (a, b) in enumerate(zip(slurm, local, strict=True)):
+            _same_json(a, b, f"{where}[{i}]")
+    elif isinstance(local, float):
+        # the same computation on the same CPU, 2 threads each: equal, but allow noise
+        assert slurm == pytest.approx(local, rel=1e-4, abs=1e-6), where
+    else:
+        assert slurm == local, where
+
+
+def test_slurm_outputs_match_a_local_run(runs):
+    import torch
+    from safetensors.torch import load_file
+
+    slurm, local = runs["slurm"], runs["local"]
+    assert slurm.returncode == 0, slurm.tail()
+    assert local.returncode == 0, local.tail()
+    a, b = slurm.workdir / "results", local.workdir / "results"
+    files = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert any(f.name == "model.safetensors" for f in files)
+    for rel in files:
+        if rel.name == "run_info.json":  # host, job id, time: only the settings must agree
+            assert (
+                json.loads((a / rel).read_text())["config_hash"]
+                == json.loads((b / rel).read_text())["config_hash"]
+            )
+        elif rel.suffix == ".json":
+            _same_json(
+                json.loads((a / rel).read_text()), json.loads((b / rel).read_text()), str(rel)
+            )
+        elif rel.suffix == ".safetensors":
+            sa, sb = load_file(a / rel), load_file(b / rel)
+            assert sa.keys() == sb.keys()
+            for key in sb:
+                torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
+        else:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_a_failing_job_is_reported_as_failed(runs):
+    failing = runs["failing"]
+    assert failing.returncode not in (0, None), failing.tail()
+    submitted = failing.submissions()
+    # the profile's `retries: 1` tries it twice; both attempts fail and are reported
+    assert [rule for rule, _, _ in submitted] == ["prepare_data"] * 2, failing.tail()
+    assert "Error in rule prepare_data" in failing.output, failing.tail()
+    state = _squeue([job_id for _, job_id, _ in submitted])
+    for _, job_id, _ in submitted:
+        assert f"SLURM-job '{job_id}' failed, SLURM status is: 'FAILED'" in failing.output
+        assert state[job_id]["State"] == "FAILED", state
+
+
+def test_a_job_killed_at_its_time_limit_resumes_from_its_checkpoint(runs):
+    walltime = runs["walltime"]
+    assert walltime.returncode == 0, walltime.tail()
+    submitted = walltime.submissions()
+    assert [rule for rule, _, _ in submitted] == ["prepare_base"] * 2, walltime.tail()
+    attempts = [(job_id, call) for _, job_id, call in submitted]
+    (first, first_call), (second, second_call) = attempts
+    # --retries from the profile, runtime scaled by the attempt
+    assert " -t 1 " in first_call and "--attempt 1 " in first_call
+    assert " -t 3 " in second_call and "--attempt 2 " in second_call
+    state = _squeue([first, second])
+    assert state[first]["State"] == "TIMEOUT" and state[second]["State"] == "COMPLETED", state
+    assert f"SLURM-job '{first}' failed, SLURM status is: 'TIMEOUT'" in walltime.output
+    slurm_log = next((walltime.workdir / ".snakemake" / "slurm_logs").rglob(f"{first}.log"))
+    assert "DUE TO TIME LIMIT" in slurm_log.read_text()
+    base = walltime.workdir / "results" / "micro" / "base"
+    metrics = json.loads((base / "metrics.json").read_text())
+    # the second attempt went on from the first one's last checkpoint, not from step 0
+    resumed = metrics["resumed_from_step"]
+    print(f"attempt 2 resumed at step {resumed}/{WALLTIME_STEPS}")
+    assert 0 < resumed < WALLTIME_STEPS and resumed % WALLTIME_CKPT_EVERY == 0
+    assert metrics["steps"] == WALLTIME_STEPS
+    assert metrics["loss_history"][-1]["step"] == WALLTIME_STEPS
+    # the history before the resume came from the checkpoint: one record per log step
+    steps = [h["step"] for h in metrics["loss_history"]]
+    assert steps == list(range(WALLTIME_CKPT_EVERY, WALLTIME_STEPS + 1, WALLTIME_CKPT_EVERY))
+    log = (walltime.workdir / "logs" / "micro" / "prepare_base.log").read_text()
+    assert f"(step {resumed})" in log and "resuming from" in log
+
+
+class _Resources(dict):
+    """A job's resources as the plugin reads them (`.get` and attributes)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _dry_run_jobs(stdout: str) -> list[dict]:
+    jobs = []
+    for block in re.findall(r"^rule (\w+):\n(.*?)^Shell command: (.*?)$", stdout, re.M | re.S):
+        rule, body, shell = block
+        resources = re.search(r"^\s+resources: (.*)$", body, re.M).group(1)
+        res = _Resources()
+        for item in resources.split(", "):
+            key, _, value = item.partition("=")
+            res[key] = int(value) if value.isdigit() else value
+        threads = re.search(r"^\s+threads: (\d+)$", body, re.M)
+        jobs.append(
+            {
+                "rule": rule,
+                "resources": res,
+                "threads": int(threads.group(1)) if threads else 1,
+                "shell": shell,
+            }
+        )
+    return jobs
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_paper_multi_gpu_rules_get_all_gpus_for_one_launcher(config, tmp_path):
+    """The sbatch line the plugin builds for each multi-GPU job of a paper config: `--gpus=N`
+    on the GPU partition and no task per GPU; the job runs one launcher for N processes."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    proc = run(
+        [
+            tool("snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--workflow-profile",
+            str(SLURM_PROFILE),
+            "--configfile",
+            str(config),
+        ],
+        env=SLURM_ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = [j for j in _dry_run_jobs(proc.stdout) if j["resources"].get("gpu", 0) > 1]
+    assert {j["rule"] for j in multi} == {"train_eagle"}, [j["rule"] for j in multi]
+    for job in multi:
+        res, n = job["resources"], job["resources"]["gpu"]
+        fake = SimpleNamespace(resources=res, threads=job["threads"], name=job["rule"])
+        params = {
+            "run_uuid": "RUN",
+            "slurm_logfile": "LOG",
+            "comment_str": f"rule_{job['rule']}",
+            "account": f"-A {res['slurm_account']}",
+            "partition": f"-p {res['slurm_partition']}",
+            "workdir": str(tmp_path),
+        }
+        sbatch = get_submit_command(fake, params) + set_gres_string(fake)
+        assert f"--gpus={n}" in sbatch and " -p gpu " in sbatch, sbatch
+        assert "--ntasks" not in sbatch, sbatch  # never one SLURM task per GPU
+        # one launcher that spawns the N ranks itself (DeepSpeed here)
+        assert job["shell"].count("spadec.launch") == 1, job["shell"]
+        assert f"spadec.launch --gpus {n} --backend deepspeed" in job["shell"], job["shell"]
+        assert not re.search(r"\b(srun|mpirun)\b", job["shell"]), job["shell"]
