@@ -26,12 +26,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def pick_token(logits: torch.Tensor, temperature: float, generator=None) -> int:
-    """argmax at temperature 0, else a sample from softmax(logits / temperature) (on the CPU,
-    so a seeded CPU generator reproduces it on any device)."""
+def pick_token(logits: torch.Tensor, temperature: float, generator=None, top_p: float = 1.0) -> int:
+    """argmax at temperature 0, else a sample from the target's sampling distribution (drawn
+    on the CPU, so a seeded CPU generator reproduces it on any device)."""
+    from spadec.decoding.accept import target_probs
+
     if temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    probs = target_probs(logits, temperature, top_p).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

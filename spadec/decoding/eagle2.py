@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spadec.decoding.accept import Acceptance, accept_greedy, accept_sampling, target_probs
-from spadec.decoding.autoregressive import DecodeResult, sync
+from spadec.decoding.accept import Acceptance, accept_greedy, accept_sampling
+from spadec.decoding.autoregressive import DecodeResult, pick_token, sync
 from spadec.decoding.draft import TreeParams, draft_tree, head_extend
 from spadec.decoding.tree import CompiledTree, DraftTree, compile_tree
 from spadec.decoding.verify import (
@@ -86,14 +86,6 @@ def _accept(compiled, tp: TreePass, logits, temperature, generator, top_p) -> Ac
     if temperature <= 0:
         return accept_greedy(compiled, logits, verified)
     return accept_sampling(compiled, logits, temperature, generator, top_p, verified)
-
-
-def _first_token(logits, temperature, generator, top_p) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    return int(
-        torch.multinomial(target_probs(logits, temperature, top_p).cpu(), 1, generator=generator)
-    )
 
 
 class EagleDrafter:
@@ -182,7 +174,7 @@ def speculative_decode(
     tp = run_layers(target, start_chain(target, prompt, cache), cache, 0, num_layers)
     logits, features = finish_pass(target, tp)
     commit(cache, tp, torch.arange(prompt.numel(), device=device))
-    root = _first_token(logits[-1], temperature, generator, top_p)
+    root = pick_token(logits[-1], temperature, generator, top_p)
     out = [root]
     drafter.observe(features, torch.cat([prompt[1:], torch.tensor([root], device=device)]))
     forwards = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from spadec.config import config_hash
+from spadec.config import STAGE_PARTS, config_hash
 from spadec.eagle.data import MANIFEST, SHARD_FILE, ShardReader, collate_pairs, training_pair
 from spadec.eagle.ds_runtime import (
     EagleTrainError,
@@ -44,22 +44,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The settings that shape the trained weights; decoding keys (depth, top_k, ...) and the
 # log/checkpoint cadence may change without discarding a checkpoint.
-TRAIN_KEYS = (
-    "seed",
-    "lr",
-    "micro_batch",
-    "grad_accum",
-    "grad_clip",
-    "epochs",
-    "noise_amplitude",
-    "max_len",
-    "heldout_fraction",
-    "train_precision",
-    "warmup_steps",
-    "weight_decay",
-    "value_weight",
-    "prob_weight",
-)
+CADENCE_KEYS = ("checkpoint_every", "log_every")
+TRAIN_KEYS = ("seed", *(k for k in STAGE_PARTS["eagle"]["train"] if k not in CADENCE_KEYS))
 
 
 # ----------------------------------------------------------------------------- target
@@ -158,7 +144,7 @@ def _batch(reader: ShardReader, indices: list[int], max_len: int, device) -> dic
 
 
 def _check_settings(settings: dict) -> None:
-    missing = [k for k in (*TRAIN_KEYS, "checkpoint_every", "log_every") if k not in settings]
+    missing = [k for k in (*TRAIN_KEYS, *CADENCE_KEYS) if k not in settings]
     if missing:
         raise EagleTrainError(f"eagle settings lack {', '.join(missing)}")
     if settings["train_precision"] not in PRECISIONS:
