@@ -21,6 +21,10 @@ include: "rules/base.smk"
 include: "rules/dllm.smk"
 include: "rules/eagle.smk"
 include: "rules/predictor.smk"
+include: "rules/eval.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:
@@ -29,5 +33,5 @@ rule all:
         expand("results/{model}/data", model=MODELS),
         expand("results/{model}/base", model=MODELS),
         expand("results/{model}/dllm/metrics.json", model=MODELS),
-        expand("results/{model}/decoding", model=MODELS),
+        rules.tables.output,
     localrule: True

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from spadec.eval.decoding import evaluate_decoding
+from spadec.eval.bench import evaluate_bench
 from spadec.io import read_json
 from spadec.logs import setup_logging
 
@@ -31,33 +31,36 @@ def main() -> int:
     parser.add_argument(
         "--trees", nargs="+", help="total_tokens/depth/top_k (default: the config's)"
     )
-    parser.add_argument("--prompts", type=int, help="held-out prompts (default: the config's)")
+    parser.add_argument("--bench", default="heldout", help="benchmark (data/eval_<bench>.jsonl)")
+    parser.add_argument("--prompts", type=int, help="prompts (default: all of the benchmark)")
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--json", help="write all summaries here")
     args = parser.parse_args()
     setup_logging("WARNING")
     res = Path(args.results)
     settings = read_json(res / "config" / "eagle.decode.json")
-    if args.prompts:
-        settings["eval"]["max_prompts"] = args.prompts
+    speed = read_json(res / "config" / "eval.speed.json")
+    speed["compare_ats_modes"] = True
     if args.max_new_tokens:
-        settings["eval"]["max_new_tokens"] = args.max_new_tokens
+        speed["max_new_tokens"] = args.max_new_tokens
+    paths = {
+        "base": res / "base",
+        "dllm": res / "dllm" / "hf",
+        "head_dense": res / "eagle" / "dense" / "head",
+        "head_dllm": res / "eagle" / "dllm" / "head",
+        "predictor": res / "predictor" / "model",
+        "data": res / "data",
+    }
+    ats = read_json(res / "config" / "predictor.decode.json")
     trees = args.trees or [f"{settings['total_tokens']}/{settings['depth']}/{settings['top_k']}"]
     rows, lossless = [], True
     for spec in trees:
         total, depth, top_k = (int(x) for x in spec.split("/"))
         s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
-        metrics, _ = evaluate_decoding(
-            s,
-            res / "base",
-            res / "dllm" / "hf",
-            res / "eagle" / "dense" / "head",
-            res / "eagle" / "dllm" / "head",
-            res / "data",
-            res / "predictor" / "model",
-            read_json(res / "config" / "predictor.decode.json"),
+        metrics, _ = evaluate_bench(
+            res.name, args.bench, speed, s, ats, paths, max_prompts=args.prompts
         )
-        m = metrics["methods"]
+        m = metrics["vs_own_target"]
         rows.append({"tree": spec, **metrics})
         lossy = {"spadec_eagle2_steer"} | (
             {"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set()

@@ -43,6 +43,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     target="dense|dllm",
     shard=r"\d+",
+    bench=r"[A-Za-z0-9_.-]+",
     stage="|".join(re.escape(s) for s in SETTINGS_FILES),
 
 
@@ -83,3 +84,13 @@ def predictor_shards(wc):
     return expand(
         "results/{model}/predictor/data/shard_{shard}", model=wc.model, shard=range(count)
     )
+
+
+def benches(model):
+    """Benchmarks of a model: the data stage's eval sources (data/eval_<bench>.jsonl)."""
+    return list(stage_settings(model, "data")["eval"])
+
+
+def eval_dirs(wc=None):
+    """Every eval_speed output of the run: all models × their benchmarks."""
+    return [f"results/{m}/eval/{b}" for m in MODELS for b in benches(m)]

@@ -1,5 +1,5 @@
-# SpaDec: predictor data (EAGLE-2 on the D-LLM over training prompts), the logistic
-# predictor, and every decoding method side by side on held-out prompts.
+# SpaDec's predictor: data (EAGLE-2 on the D-LLM over training prompts, layer-K states of
+# every tree node, accepted or not) and the logistic predictor.
 
 
 rule predictor_data:
@@ -52,35 +52,3 @@ rule train_predictor:
     shell:
         "$SPADEC_PY {params.script} --config {input.cfg} --data {input.shards}"
         " --out {output} > {log} 2>&1"
-
-
-rule eval_decoding:
-    input:
-        cfg="results/{model}/config/eagle.decode.json",
-        ats="results/{model}/config/predictor.decode.json",
-        base="results/{model}/base",
-        dllm="results/{model}/dllm/hf",
-        head_dense="results/{model}/eagle/dense/head",
-        head_dllm="results/{model}/eagle/dllm/head",
-        predictor="results/{model}/predictor/model",
-        data="results/{model}/data",
-    output:
-        directory("results/{model}/decoding"),
-    log:
-        "logs/{model}/eval_decoding.log",
-    benchmark:
-        "logs/{model}/eval_decoding.benchmark.tsv"
-    conda:
-        "../environment.yml"
-    threads: 8
-    resources:
-        gpu=stage_gpus("eval"),
-        mem_mb=32000,
-        runtime=180,
-    params:
-        script=script("eval_decoding"),
-    shell:
-        "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
-        " {params.script} --config {input.cfg} --ats {input.ats} --base {input.base}"
-        " --dllm {input.dllm} --head-dense {input.head_dense} --head-dllm {input.head_dllm}"
-        " --predictor {input.predictor} --data {input.data} --out {output} > {log} 2>&1"

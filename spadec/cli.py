@@ -5,6 +5,8 @@ spadec prepare-data  --configfile C --model M --out DIR
 spadec prepare-base  --configfile C --model M --data DIR --out DIR [--ckpt DIR]
 spadec generate --method M --results results/tiny --prompt "..."   decode one prompt; print
                                                           tokens/s, tau, acceptance histogram
+spadec compare RESULTS_A RESULTS_B                       two runs' tables side by side,
+                                                          their settings diffed
 spadec launch --gpus N -- script.py ARGS                 = python -m spadec.launch
 """
 
@@ -132,6 +134,17 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from spadec.eval.compare import CompareError, compare
+
+    try:
+        print(compare(args.results_a, args.results_b))
+    except CompareError as err:
+        print(f"spadec compare: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from spadec.logs import setup_logging
 
@@ -202,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, help="children per node (default: as above, else 10)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("compare", help="two runs' tables side by side, their settings diffed")
+    p.add_argument("results_a", help="a results root (results/, results/reference/<name>/)")
+    p.add_argument("results_b")
+    p.set_defaults(func=cmd_compare)
     sub.add_parser("launch", help="start a stage script (see python -m spadec.launch -h)")
     args = parser.parse_args(argv)
     setup_logging()

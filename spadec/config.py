@@ -47,15 +47,25 @@ STAGE_PARTS = {
             "checkpoint_every",
             "log_every",
         ),
-        "decode": ("dtype", "total_tokens", "depth", "top_k", "eval"),
+        "decode": ("dtype", "total_tokens", "depth", "top_k"),
     },
     "predictor": {
         "data": ("layer_k", "shards", "prompts", "max_new_tokens"),
         "train": ("layer_k", "heldout_fraction", "lr", "weight_decay", "epochs", "draft_features"),
         "decode": ("ats_mode", "acc_length"),
     },
+    "eval": {
+        "speed": (
+            "methods",
+            "compare_ats_modes",
+            "max_new_tokens",
+            "temperature",
+            "warmup_prompts",
+        ),
+        "tables": ("response_examples",),
+    },
 }
-RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus"), "predictor": ("gpus",)}
+RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus"), "predictor": ("gpus",), "eval": ("gpus",)}
 SETTINGS_FILES = STAGES + tuple(
     f"{stage}.{part}" for stage, parts in STAGE_PARTS.items() for part in parts
 )

@@ -104,5 +104,11 @@ def dllm_decode(
     extra = {}
     if step_gates:
         g = torch.stack(step_gates).float()
-        extra = {"executed_share": g.mean().item(), "layer_execution_rate": g.mean(0).tolist()}
+        # batch 1: a step's layer load is its one token's executed layers
+        share = g.mean().item()
+        extra = {
+            "executed_share": share,
+            "layer_load_share": share,
+            "layer_execution_rate": g.mean(0).tolist(),
+        }
     return DecodeResult(out, len(out), wall, forwards, extra)

@@ -103,8 +103,8 @@ def test_eagle_stage_outputs(finished_run):
     predictor = finished_run / "results" / "micro" / "predictor"
     pm = json.loads((predictor / "model" / "metrics.json").read_text())
     assert pm["layer_k"] == 2 and 0 <= pm["train"]["auc"] <= 1
-    decoding = finished_run / "results" / "micro" / "decoding"
-    bench = json.loads((decoding / "metrics.json").read_text())["methods"]
+    evals = finished_run / "results" / "micro" / "eval" / "heldout"
+    bench = json.loads((evals / "metrics.json").read_text())["vs_own_target"]
     assert set(bench) == {
         "ar",
         "dllm",
@@ -116,8 +116,35 @@ def test_eagle_stage_outputs(finished_run):
     # greedy speculative decoding is lossless on the trained micro models (prune mode too)
     for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
         assert bench[method]["same_output_as_baseline"] == 1.0, method
-    records = (decoding / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in (evals / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 6  # 2 prompts x 6 methods, one record per turn
+    assert {r["model"] for r in records} == {"micro"} and all("output_text" in r for r in records)
+
+
+def test_tables_figures_and_report(finished_run):
+    import pandas as pd
+
+    tables = finished_run / "results" / "tables"
+    speed = pd.read_csv(tables / "speedup.csv").set_index("method")
+    assert len(speed) == 6 and set(speed["model"]) == {"micro"}
+    assert speed.loc["ar", "speedup"] == pytest.approx(1.0)
+    assert (speed["speedup"] > 0).all() and (speed["prompts"] == 2).all()
+    assert speed.loc["eagle2", "tau"] >= 1.0
+    quality = pd.read_csv(tables / "quality.csv").set_index("method")
+    for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
+        assert quality.loc[method, "exact_reference"] == 1.0, method
+    assert "| micro | heldout |" in (tables / "speedup.md").read_text()
+    assert r"\begin{tabular}" in (tables / "speedup.tex").read_text()
+    assert (tables / "responses.md").read_text().count("| micro | heldout |") == 2
+    run_info = json.loads((tables / "run_info.json").read_text())
+    assert run_info["records"][0]["records"] == 12
+    for name in ("speedup.png", "quality.png", "layer_load.png"):
+        assert (finished_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    report = finished_run / "report.html"
+    proc = snakemake(finished_run, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = report.read_text(encoding="utf-8")
+    assert "speedup.png" in html and "tables" in html
 
 
 def test_second_run_has_nothing_to_do(finished_run):
@@ -129,7 +156,8 @@ def test_second_run_has_nothing_to_do(finished_run):
 def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
-    predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, "eval_decoding": 1}
+    evaluation = {"eval_speed": 1, "tables": 1}
+    predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, **evaluation}
     eagle_on_both = {"distill": 2, "eagle_data": 4, "train_eagle": 2, **predictor_and_eval}
     dllm_and_after = {
         "finetune_dllm": 1,
@@ -172,7 +200,21 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
         MICRO_CONFIG.read_text().replace("layer_k: 2", "layer_k: 2\n  ats_mode: steer")
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=ats_change).stdout)
-    assert jobs == {"stage_config": 1, "eval_decoding": 1, "all": 1}
+    assert jobs == {"stage_config": 1, **evaluation, "all": 1}
+    eval_change = tmp_path / "eval.yaml"
+    eval_change.write_text(
+        MICRO_CONFIG.read_text().replace(
+            "max_new_tokens: 12\n  warmup", "max_new_tokens: 10\n  warmup"
+        )
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=eval_change).stdout)
+    assert jobs == {"stage_config": 1, **evaluation, "all": 1}
+    examples_change = tmp_path / "examples.yaml"
+    examples_change.write_text(
+        MICRO_CONFIG.read_text().replace("response_examples: 2", "response_examples: 1")
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=examples_change).stdout)
+    assert jobs == {"stage_config": 1, "tables": 1, "all": 1}
 
 
 @pytest.mark.parametrize("method", ["ar", "eagle2", "spadec_eagle2"])

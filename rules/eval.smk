@@ -1,0 +1,96 @@
+# Evaluation: every method side by side per model and benchmark, then the paper's tables,
+# figures and the HTML report (`snakemake --report`), computed from the records alone.
+
+
+rule eval_speed:
+    input:
+        speed="results/{model}/config/eval.speed.json",
+        decode="results/{model}/config/eagle.decode.json",
+        ats="results/{model}/config/predictor.decode.json",
+        base="results/{model}/base",
+        dllm="results/{model}/dllm/hf",
+        head_dense="results/{model}/eagle/dense/head",
+        head_dllm="results/{model}/eagle/dllm/head",
+        predictor="results/{model}/predictor/model",
+        data="results/{model}/data",
+    output:
+        directory("results/{model}/eval/{bench}"),
+    log:
+        "logs/{model}/eval_speed_{bench}.log",
+    benchmark:
+        "logs/{model}/eval_speed_{bench}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    # All cores: no other job may run beside the timed methods (on SLURM the profile asks
+    # for an exclusive node).
+    threads: lambda wc: workflow.cores
+    resources:
+        gpu=stage_gpus("eval"),
+        mem_mb=32000,
+        runtime=lambda wc, attempt: 240 * attempt,
+    params:
+        script=script("eval_speed"),
+    shell:
+        "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
+        " {params.script} --model {wildcards.model} --bench {wildcards.bench}"
+        " --speed {input.speed} --decode {input.decode} --ats {input.ats}"
+        " --base {input.base} --dllm {input.dllm} --head-dense {input.head_dense}"
+        " --head-dllm {input.head_dllm} --predictor {input.predictor} --data {input.data}"
+        " --out {output} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        cfg=expand("results/{model}/config/eval.tables.json", model=MODELS),
+        evals=eval_dirs,
+    output:
+        speedup_csv="results/tables/speedup.csv",
+        speedup_md=report(
+            "results/tables/speedup.md",
+            caption="../report/speedup.rst",
+            category="Tables",
+        ),
+        speedup_tex="results/tables/speedup.tex",
+        quality_csv="results/tables/quality.csv",
+        quality_md=report(
+            "results/tables/quality.md",
+            caption="../report/quality.rst",
+            category="Tables",
+        ),
+        quality_tex="results/tables/quality.tex",
+        responses=report(
+            "results/tables/responses.md",
+            caption="../report/responses.rst",
+            category="Tables",
+        ),
+        speedup_png=report(
+            "results/figures/speedup.png",
+            caption="../report/speedup.rst",
+            category="Figures",
+        ),
+        quality_png=report(
+            "results/figures/quality.png",
+            caption="../report/quality.rst",
+            category="Figures",
+        ),
+        layers_png=report(
+            "results/figures/layer_load.png",
+            caption="../report/layer_load.rst",
+            category="Figures",
+        ),
+        run_info="results/tables/run_info.json",
+    log:
+        "logs/tables.log",
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        script=script("tables"),
+        tables=lambda wc, output: os.path.dirname(output.speedup_csv),
+        figures=lambda wc, output: os.path.dirname(output.speedup_png),
+    shell:
+        "$SPADEC_PY {params.script} --config {input.cfg} --evals {input.evals}"
+        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"

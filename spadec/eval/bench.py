@@ -1,0 +1,109 @@
+"""One benchmark of one model: every configured method side by side on its prompts (first
+turns), in one process, and the per-turn records the tables are computed from.
+
+The speculative methods are compared with `ar` (the paper's baseline) in the tables; the
+summary here also gives each method's speedup over its own target's plain decoding
+(`eagle2_dllm` and `spadec_eagle2` over `dllm`), which isolates the drafting gain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spadec.base.chat import prompt_ids
+from spadec.decoding.draft import TreeParams
+from spadec.decoding.methods import Models
+from spadec.eval.speed import run_side_by_side, summarize
+from spadec.io import read_jsonl
+
+OWN_BASELINE = {
+    "dllm": "ar",
+    "eagle2": "ar",
+    "eagle2_dllm": "dllm",
+    "spadec_eagle2": "dllm",
+    "spadec_eagle2_prune": "dllm",
+    "spadec_eagle2_steer": "dllm",
+}
+
+
+def bench_methods(speed: dict, ats_mode: str) -> list[str]:
+    """The methods an eval_speed job runs: the configured ones, plus spadec_eagle2 in the
+    other ATS mode when `compare_ats_modes` asks for it."""
+    methods = list(speed["methods"])
+    if speed["compare_ats_modes"] and "spadec_eagle2" in methods:
+        other = "steer" if ats_mode == "prune" else "prune"
+        methods.append(f"spadec_eagle2_{other}")
+    return methods
+
+
+def load_prompts(data_dir: str | Path, bench: str) -> list[dict]:
+    """The benchmark's questions as the data stage wrote them (already capped)."""
+    path = Path(data_dir) / f"eval_{bench}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such benchmark file (data.eval.{bench} in the config?)"
+        )
+    questions = read_jsonl(path)
+    if not questions:
+        raise ValueError(f"{path} has no prompts")
+    return questions
+
+
+def evaluate_bench(
+    model_name: str,
+    bench: str,
+    speed: dict,
+    decode: dict,
+    ats: dict,
+    paths: dict,
+    max_prompts: int | None = None,
+) -> tuple[dict, list[dict]]:
+    """(metrics, per-turn records) of one model on one benchmark.
+
+    `speed` = eval.speed settings, `decode` = eagle.decode (dtype, tree), `ats` =
+    predictor.decode; `paths` names base, dllm, head_dense, head_dllm, predictor, data.
+    `max_prompts` cuts the benchmark further (benchmarks/ sweeps)."""
+    methods = bench_methods(speed, ats["ats_mode"])
+    models = Models.load(
+        methods,
+        paths["base"],
+        paths["dllm"],
+        paths["head_dense"],
+        paths["head_dllm"],
+        decode["dtype"],
+        predictor=paths["predictor"],
+        ats_mode=ats["ats_mode"],
+        acc_length=ats["acc_length"],
+    )
+    questions = load_prompts(paths["data"], bench)[:max_prompts]
+    tok = models.tokenizer
+    prompts = [(str(q["id"]), prompt_ids(tok, q["turns"][0])) for q in questions]
+    params = TreeParams.from_settings(decode)
+    records = run_side_by_side(
+        models,
+        methods,
+        prompts,
+        params,
+        speed["max_new_tokens"],
+        tok.eos_token_id,
+        warmup=speed["warmup_prompts"],
+        temperature=speed["temperature"],
+        seed=speed["seed"],
+    )
+    text = {str(q["id"]): q["turns"][0] for q in questions}
+    for r in records:
+        r["model"], r["bench"] = model_name, bench
+        r["prompt"] = text[r["prompt_id"]]
+        r["output_text"] = tok.decode(r["output_ids"], skip_special_tokens=True)
+    metrics = {
+        "model": model_name,
+        "bench": bench,
+        "prompts": len(prompts),
+        "max_new_tokens": speed["max_new_tokens"],
+        "temperature": speed["temperature"],
+        "tree": {"total_tokens": params.total_tokens, "depth": params.depth, "top_k": params.top_k},
+        "ats_mode": ats["ats_mode"],
+        "methods": summarize(records, {m: "ar" for m in methods if m != "ar"}),
+        "vs_own_target": summarize(records, OWN_BASELINE),
+    }
+    return metrics, records

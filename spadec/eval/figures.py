@@ -1,0 +1,110 @@
+"""Figures of the tables: grouped speedup bars (the paper's figure), quality bars, and the
+per-layer load of the D-LLM methods (where SpaDec's saving shows, or does not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+LABELS = {
+    "ar": "AR",
+    "dllm": "D-LLM",
+    "eagle2": "Eagle2",
+    "eagle2_dllm": "Eagle2+D-LLM",
+    "spadec_eagle2": "SpaDec",
+    "spadec_eagle2_prune": "SpaDec (prune)",
+    "spadec_eagle2_steer": "SpaDec (steer)",
+}
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(df["model"], df["bench"], strict=True)))
+
+
+def _grouped_bars(ax, df: pd.DataFrame, value: str, methods: list[str], err: str | None = None):
+    groups = _groups(df)
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        sub = df[df["method"] == method].set_index(["model", "bench"])
+        xs, ys, es = [], [], []
+        for gi, g in enumerate(groups):
+            if g in sub.index:
+                xs.append(gi + (i - (len(methods) - 1) / 2) * width)
+                ys.append(float(sub.at[g, value]))
+                es.append(float(sub.at[g, err]) if err else 0.0)
+        bars = ax.bar(
+            xs, ys, width, label=LABELS.get(method, method), yerr=es if err else None, capsize=2
+        )
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{b}" for m, b in groups])
+
+
+def speedup_figure(speedups: pd.DataFrame, path: str | Path) -> None:
+    """Grouped bars: (model, benchmark) groups × methods, speedup over ar (mean of per-prompt
+    ratios, error bar = its standard deviation), values on the bars."""
+    methods = [m for m in dict.fromkeys(speedups["method"]) if m != "ar"]
+    groups = _groups(speedups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(methods) * len(groups)), 4.2))
+    _grouped_bars(ax, speedups, "speedup", methods, err="speedup_std")
+    ax.axhline(1.0, color="grey", lw=1, ls="--")
+    ax.set_ylabel("speedup over AR (×)")
+    ax.set_title("Decoding speedup over autoregressive decoding")
+    ax.legend(fontsize=8, ncol=min(len(methods), 3), loc="upper left")
+    ax.set_ylim(0, max(1.2, float(speedups["speedup"].max()) * 1.3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def quality_figure(quality: pd.DataFrame, path: str | Path) -> None:
+    """Per method: position-wise token agreement with ar and with its lossless reference."""
+    groups = _groups(quality)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.5 * len(groups) + 4), 3.8), sharey=True)
+    methods = [m for m in dict.fromkeys(quality["method"]) if m != "ar"]
+    for ax, col, title in (
+        (axes[0], "token_agreement_ar", "token agreement with AR"),
+        (axes[1], "token_agreement_reference", "token agreement with own target (lossless = 1)"),
+    ):
+        _grouped_bars(ax, quality.fillna({col: 0.0}), col, methods)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.15)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
+    """Per model: share of target forwards that used each layer's weights, for the D-LLM
+    methods (plain D-LLM: its per-token execution rate)."""
+    models = list(dict.fromkeys(records["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        sub = records[records["model"] == model]
+        for method in dict.fromkeys(sub["method"]):
+            col = "layer_execution_rate" if method == "dllm" else "layer_load_per_layer"
+            rows = sub[sub["method"] == method]
+            if col not in rows or rows[col].isna().all() or method in ("ar", "eagle2"):
+                continue
+            per_layer = pd.DataFrame(rows[col].dropna().tolist()).mean(0)
+            ax.plot(
+                per_layer.index,
+                per_layer.values,
+                marker="o",
+                ms=3,
+                label=LABELS.get(method, method),
+            )
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of forwards using the layer")
+        ax.set_ylim(-0.05, 1.05)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)

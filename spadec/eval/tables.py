@@ -1,0 +1,205 @@
+"""The paper's tables, computed from eval_speed's per-turn records alone.
+
+Speedup is against `ar` on the same model, benchmark and prompt, in two definitions:
+the mean of per-prompt ratios of tokens/s (the paper's, with its standard deviation and a
+95 % interval of the mean) and the ratio of total tokens/s (long answers weigh more).
+Quality is agreement with `ar` (exact output, position-wise token agreement, and a
+token-sequence similarity for lossy methods) and with the method's own lossless
+reference: plain decoding of the same target (`ar` for dense methods, `dllm` for D-LLM
+methods), which greedy speculative decoding must reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from spadec.io import read_jsonl
+
+KEY = ["model", "bench", "method"]
+DENSE_METHODS = ("ar", "eagle2")
+# Display order (the paper's figure: baselines first, SpaDec last); unknown ones follow.
+METHOD_ORDER = (
+    "ar",
+    "dllm",
+    "eagle2",
+    "eagle2_dllm",
+    "spadec_eagle2",
+    "spadec_eagle2_prune",
+    "spadec_eagle2_steer",
+)
+REQUIRED = ("model", "bench", "method", "prompt_id", "new_tokens", "wall_s", "output_ids")
+
+
+class RecordsError(ValueError):
+    """Records are missing, malformed or lack the `ar` baseline."""
+
+
+def reference_method(method: str) -> str:
+    """The plain decoding a method must reproduce when greedy (its lossless reference)."""
+    return "ar" if method in DENSE_METHODS else "dllm"
+
+
+def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """All per-turn records of the given records.jsonl files (or eval directories)."""
+    rows = []
+    for p in paths:
+        p = Path(p)
+        path = p / "records.jsonl" if p.is_dir() else p
+        if not path.is_file():
+            raise RecordsError(f"{path}: records file not found")
+        recs = read_jsonl(path)
+        for i, r in enumerate(recs):
+            missing = [k for k in REQUIRED if k not in r]
+            if missing:
+                raise RecordsError(f"{path}: record {i + 1} lacks {', '.join(missing)}")
+        rows.extend(recs)
+    if not rows:
+        raise RecordsError("no records to tabulate")
+    df = pd.DataFrame(rows)
+    dup = df.duplicated(["model", "bench", "method", "prompt_id"])
+    if dup.any():
+        first = df[dup].iloc[0]
+        raise RecordsError(
+            f"duplicate record for {first['model']}/{first['bench']}/{first['method']}"
+            f" prompt {first['prompt_id']}"
+        )
+    df["tokens_per_s"] = df["new_tokens"] / df["wall_s"]
+    return df
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    key = df["method"].map(lambda m: rank.get(m, len(rank)))
+    return (
+        df.assign(_rank=key)
+        .sort_values(["model", "bench", "_rank", "method"])
+        .drop(columns="_rank")
+        .reset_index(drop=True)
+    )
+
+
+def _paired(df: pd.DataFrame, baseline: pd.DataFrame, suffix: str) -> pd.DataFrame:
+    """Each record joined with the baseline record of the same model/bench/prompt."""
+    cols = ["model", "bench", "prompt_id"]
+    return df.merge(baseline, on=cols, suffixes=("", suffix), validate="many_to_one")
+
+
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, bench, method): speedups vs ar (both definitions, spread),
+    tokens/s, tau, layer shares, forwards per token, share of outputs equal to ar's."""
+    ar = df[df["method"] == "ar"][["model", "bench", "prompt_id", "new_tokens", "wall_s"]]
+    if ar.empty:
+        raise RecordsError("no `ar` records: speedups are measured against ar")
+    missing = set(map(tuple, df[KEY[:2]].drop_duplicates().values)) - set(
+        map(tuple, ar[KEY[:2]].drop_duplicates().values)
+    )
+    if missing:
+        raise RecordsError(f"no `ar` records for {sorted(missing)}")
+    pair = _paired(df, ar, "_ar")
+    pair["ratio"] = pair["tokens_per_s"] / (pair["new_tokens_ar"] / pair["wall_s_ar"])
+    rows = []
+    for (model, bench, method), g in pair.groupby(KEY, sort=False):
+        n = len(g)
+        std = g["ratio"].std(ddof=1) if n > 1 else 0.0
+        total = (g["new_tokens"].sum() / g["wall_s"].sum()) / (
+            g["new_tokens_ar"].sum() / g["wall_s_ar"].sum()
+        )
+        row = {
+            "model": model,
+            "bench": bench,
+            "method": method,
+            "prompts": n,
+            "tokens_per_s": g["new_tokens"].sum() / g["wall_s"].sum(),
+            "speedup": g["ratio"].mean(),
+            "speedup_std": std,
+            "speedup_ci95": 1.96 * std / math.sqrt(n),
+            "speedup_total": total,
+            "new_tokens": int(g["new_tokens"].sum()),
+            "target_forwards_per_token": g["target_forwards"].sum() / g["new_tokens"].sum()
+            if "target_forwards" in g
+            else math.nan,
+        }
+        row["tau"] = _mean_or(g, "tau", 1.0 if method in ("ar", "dllm") else math.nan)
+        dense = method in DENSE_METHODS
+        row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
+        row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
+        if "draft_forwards" in g and g["draft_forwards"].notna().any():
+            row["draft_forwards_per_token"] = g["draft_forwards"].sum() / g["new_tokens"].sum()
+        else:
+            row["draft_forwards_per_token"] = 0.0 if method in ("ar", "dllm") else math.nan
+        rows.append(row)
+    return _order(pd.DataFrame(rows))
+
+
+def _mean_or(g: pd.DataFrame, col: str, default: float) -> float:
+    if col in g and g[col].notna().any():
+        return float(g[col].mean())
+    return default
+
+
+def token_agreement(a: list[int], b: list[int]) -> float:
+    """Share of positions with the same token, over the longer output (1.0 = identical)."""
+    n = max(len(a), len(b))
+    if n == 0:
+        return 1.0
+    return sum(x == y for x, y in zip(a, b, strict=False)) / n
+
+
+def similarity(a: list[int], b: list[int]) -> float:
+    """Token-sequence similarity 2·M/(|a|+|b|), M = matched tokens of the longest
+    matching blocks (difflib): tolerant to shifts, unlike position-wise agreement."""
+    if not a and not b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def quality_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, bench, method): agreement with ar and with the lossless reference."""
+    rows = []
+    base = df[["model", "bench", "prompt_id", "method", "output_ids"]]
+    for (model, bench, method), g in df.groupby(KEY, sort=False):
+        row = {"model": model, "bench": bench, "method": method, "prompts": len(g)}
+        for name, ref in (("ar", "ar"), ("reference", reference_method(method))):
+            other = base[
+                (base["method"] == ref) & (base["model"] == model) & (base["bench"] == bench)
+            ]
+            pair = g.merge(other, on=["model", "bench", "prompt_id"], suffixes=("", "_ref"))
+            if pair.empty:
+                continue
+            a, b = pair["output_ids"], pair["output_ids_ref"]
+            row[f"exact_{name}"] = float((a == b).mean())
+            row[f"token_agreement_{name}"] = float(
+                sum(token_agreement(x, y) for x, y in zip(a, b, strict=True)) / len(pair)
+            )
+            row[f"similarity_{name}"] = float(
+                sum(similarity(x, y) for x, y in zip(a, b, strict=True)) / len(pair)
+            )
+        row["reference"] = reference_method(method)
+        rows.append(row)
+    return _order(pd.DataFrame(rows))
+
+
+def responses_table(df: pd.DataFrame, examples: int, method: str = "spadec_eagle2") -> pd.DataFrame:
+    """The paper's example figure: prompt, ar's answer and `method`'s answer, side by side."""
+    if examples <= 0 or "output_text" not in df:
+        return pd.DataFrame(columns=["model", "bench", "prompt", "ar", method])
+    rows = []
+    for (model, bench), g in df.groupby(["model", "bench"], sort=True):
+        ar = g[g["method"] == "ar"].set_index("prompt_id")
+        other = g[g["method"] == method].set_index("prompt_id")
+        for pid in [p for p in ar.index if p in other.index][:examples]:
+            rows.append(
+                {
+                    "model": model,
+                    "bench": bench,
+                    "prompt": ar.at[pid, "prompt"] if "prompt" in ar else pid,
+                    "ar": ar.at[pid, "output_text"],
+                    method: other.at[pid, "output_text"],
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "bench", "prompt", "ar", method])

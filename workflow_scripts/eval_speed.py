@@ -1,0 +1,33 @@
+"""Entry point of rule eval_speed: every method side by side on one benchmark of one model."""
+
+import argparse
+import json
+
+from spadec.eval.bench import evaluate_bench
+from spadec.io import atomic_dir, read_json, write_json, write_jsonl
+from spadec.logs import setup_logging
+from spadec.provenance import RunInfo
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--model", required=True, help="the model's name in the config")
+parser.add_argument("--bench", required=True, help="benchmark name (data/eval_<bench>.jsonl)")
+parser.add_argument("--speed", required=True, help="resolved eval.speed settings (JSON)")
+parser.add_argument("--decode", required=True, help="resolved eagle.decode settings (JSON)")
+parser.add_argument("--ats", required=True, help="resolved predictor.decode settings (JSON)")
+for name in ("base", "dllm", "head-dense", "head-dllm", "predictor", "data"):
+    parser.add_argument(f"--{name}", required=True)
+parser.add_argument("--out", required=True, help="output directory")
+args = parser.parse_args()
+
+setup_logging()
+speed, decode, ats = read_json(args.speed), read_json(args.decode), read_json(args.ats)
+run_info = RunInfo("eval_speed", {"speed": speed, "decode": decode, "ats": ats})
+paths = {
+    k: getattr(args, k) for k in ("base", "dllm", "head_dense", "head_dllm", "predictor", "data")
+}
+metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths)
+with atomic_dir(args.out) as tmp:
+    write_json(tmp / "metrics.json", metrics)
+    write_jsonl(tmp / "records.jsonl", records)
+    run_info.write(tmp / "run_info.json")
+print(json.dumps(metrics["methods"], indent=2))
