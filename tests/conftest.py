@@ -56,6 +56,35 @@ def micro_data(tmp_path_factory) -> Path:
     return out
 
 
+def micro_snakemake(workdir: Path, *args: str, config: Path = MICRO_CONFIG):
+    """snakemake on the micro config in `workdir`, locally (profiles/ci)."""
+    return run(
+        [
+            tool("snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--configfile",
+            str(config),
+            "--workflow-profile",
+            str(REPO / "profiles" / "ci"),
+            *args,
+        ],
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """The whole micro DAG run locally once per session (the end-to-end tests read it; the
+    SLURM tests compare their run with it)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = micro_snakemake(workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def micro_config() -> dict:
     from spadec.config import load_yaml, validate_config

@@ -40,7 +40,8 @@ def _grouped_bars(ax, df: pd.DataFrame, value: str, methods: list[str], err: str
         bars = ax.bar(
             xs, ys, width, label=LABELS.get(method, method), yerr=es if err else None, capsize=2
         )
-        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+        # values inside the bars: above them sit the error bars
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, label_type="center")
     ax.set_xticks(range(len(groups)), [f"{m}\n{b}" for m, b in groups])
 
 
@@ -49,13 +50,16 @@ def speedup_figure(speedups: pd.DataFrame, path: str | Path) -> None:
     ratios, error bar = its standard deviation), values on the bars."""
     methods = [m for m in dict.fromkeys(speedups["method"]) if m != "ar"]
     groups = _groups(speedups)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(methods) * len(groups)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 + 0.55 * len(methods) * len(groups)), 4.6))
     _grouped_bars(ax, speedups, "speedup", methods, err="speedup_std")
     ax.axhline(1.0, color="grey", lw=1, ls="--")
     ax.set_ylabel("speedup over AR (×)")
     ax.set_title("Decoding speedup over autoregressive decoding")
-    ax.legend(fontsize=8, ncol=min(len(methods), 3), loc="upper left")
-    ax.set_ylim(0, max(1.2, float(speedups["speedup"].max()) * 1.3))
+    ax.legend(
+        fontsize=8, ncol=min(len(methods), 6), loc="upper center", bbox_to_anchor=(0.5, -0.18)
+    )
+    top = (speedups["speedup"] + speedups["speedup_std"].fillna(0)).max()
+    ax.set_ylim(0, max(1.2, float(top) * 1.1))
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
@@ -64,17 +68,19 @@ def speedup_figure(speedups: pd.DataFrame, path: str | Path) -> None:
 def quality_figure(quality: pd.DataFrame, path: str | Path) -> None:
     """Per method: position-wise token agreement with ar and with its lossless reference."""
     groups = _groups(quality)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.5 * len(groups) + 4), 3.8), sharey=True)
     methods = [m for m in dict.fromkeys(quality["method"]) if m != "ar"]
+    width = max(3.5, 0.45 * len(methods) * len(groups) + 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.0), sharey=True)
     for ax, col, title in (
         (axes[0], "token_agreement_ar", "token agreement with AR"),
-        (axes[1], "token_agreement_reference", "token agreement with own target (lossless = 1)"),
+        (axes[1], "token_agreement_reference", "with its own target (lossless: 1)"),
     ):
         _grouped_bars(ax, quality.fillna({col: 0.0}), col, methods)
         ax.set_title(title, fontsize=10)
-        ax.set_ylim(0, 1.15)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+        ax.set_ylim(0, 1.1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(len(methods), 6))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
 

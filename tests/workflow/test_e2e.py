@@ -8,27 +8,13 @@ import re
 import pytest
 
 import spadec  # noqa: F401  (registers the D-LLM model types for AutoModelForCausalLM)
-from tests.conftest import MICRO_CONFIG, REPO, run, tool
+from tests.conftest import MICRO_CONFIG, REPO, micro_snakemake, run
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 def snakemake(workdir, *args, config=MICRO_CONFIG):
-    return run(
-        [
-            tool("snakemake"),
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(workdir),
-            "--configfile",
-            str(config),
-            "--workflow-profile",
-            str(REPO / "profiles" / "ci"),
-            *args,
-        ],
-        timeout=900,
-    )
+    return micro_snakemake(workdir, *args, config=config)
 
 
 def _jobs(dry_run_stdout: str) -> dict[str, int]:
@@ -37,12 +23,9 @@ def _jobs(dry_run_stdout: str) -> dict[str, int]:
     return {name: int(n) for name, n in (row.split() for row in table.group(1).splitlines())}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    proc = snakemake(workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return workdir
+@pytest.fixture
+def finished_run(micro_run):
+    return micro_run
 
 
 def test_outputs_exist_and_load(finished_run):
@@ -241,3 +224,28 @@ def test_spadec_generate_prints_the_counters(finished_run, method):
     assert "tokens/s" in proc.stderr
     if method != "ar":
         assert "tau" in proc.stderr and "accepted drafts per step" in proc.stderr
+
+
+def test_reference_export_is_small_and_compares_with_its_run(finished_run, tmp_path):
+    import sys
+
+    ref = tmp_path / "reference"
+    export = [sys.executable, str(REPO / "scripts" / "export_reference.py")]
+    proc = run([*export, "--workdir", str(finished_run), "--out", str(ref)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in (
+        "tables/speedup.csv",
+        "figures/speedup.png",
+        "micro/config/eval.speed.json",
+        "micro/eval/heldout/records.jsonl",
+        "micro/predictor/model/metrics.json",
+        "timings.tsv",
+    ):
+        assert (ref / rel).is_file(), rel
+    assert not list(ref.rglob("*.safetensors"))
+    assert "train_eagle_dense" in (ref / "timings.tsv").read_text()
+    cmd = [sys.executable, "-m", "spadec.cli", "compare", str(finished_run / "results"), str(ref)]
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| micro | heldout | spadec_eagle2 |" in proc.stdout
+    assert "No differences in the resolved stage settings" in proc.stdout

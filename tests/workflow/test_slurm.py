@@ -1,18 +1,14 @@
 """The cluster profile against a real one-node SLURM (scripts/slurm_cluster.sh, two fake GPUs).
 
-Four runs start together (SLURM runs mostly wait on the executor's polling; about 4 minutes
-in all, most of it the time-limit run):
-- the micro config `--until prepare_base` through `--workflow-profile profiles/slurm`, with
-  prepare_base asking for one GPU: every job submitted, run inside its allocation, finished,
-  and the GPU request on the GPU partition;
-- the same subset run locally (profiles/ci): the same files, the same tables;
+Three runs start together:
+- the whole micro DAG (`rule all`, tables included) through `--workflow-profile
+  profiles/slurm`, with prepare_base and eval_speed asking for one GPU: every job
+  submitted, run inside its allocation and finished, the GPU requests on the GPU partition;
+  its outputs are compared with the session's local run of the same DAG (profiles/ci);
 - a job that fails (its settings file is garbage): reported as failed;
 - prepare_base (on ready-made data) with more steps than fit in its 1-minute limit: killed
   by SLURM, resubmitted with 3 minutes, resumed from its own checkpoint.
-The whole micro DAG takes 5+ minutes under SLURM on 2 cores (every job pays Snakemake's start
-and the executor's polling), over the CI budget: prepare_data (a CPU rule) and prepare_base
-(a training rule, here a GPU rule) are the subset. The fake GPUs have no CUDA behind them:
-jobs compute on the CPU.
+The fake GPUs have no CUDA behind them: jobs compute on the CPU.
 """
 
 from __future__ import annotations
@@ -207,11 +203,29 @@ def _seed_data(workdir: Path, micro_data: Path, config: dict) -> None:
     os.utime(settings, (oldest, oldest))
 
 
+# Rules the micro DAG submits (stage_config is a local rule).
+SUBMITTED_RULES = {
+    "prepare_data": 1,
+    "prepare_base": 1,
+    "finetune_dllm": 1,
+    "merge_lora": 1,
+    "convert_hf": 1,
+    "eval_dllm": 1,
+    "distill": 2,
+    "eagle_data": 4,
+    "train_eagle": 2,
+    "predictor_data": 2,
+    "train_predictor": 1,
+    "eval_speed": 1,
+    "tables": 1,
+}
+GPU_RULES = ("prepare_base", "eval_speed")
+
+
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, micro_data, micro_config, tmp_path_factory) -> dict[str, Run]:
+def runs(slurm_cluster, micro_data, micro_config, micro_run, tmp_path_factory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("slurm")
-    until = ["--until", "prepare_base"]
-    one_gpu = {"prepare_base": {"gpu": 1}}
+    one_gpu = {rule: {"gpu": 1} for rule in GPU_RULES}
     failing = root / "failing"
     (failing / "results" / "micro" / "config").mkdir(parents=True)
     # stage_config does not rerun over an existing file: prepare_data gets garbage
@@ -220,27 +234,27 @@ def runs(slurm_cluster, micro_data, micro_config, tmp_path_factory) -> dict[str,
     _seed_data(walltime, micro_data, micro_config)
     started = time.monotonic()
     jobs = {
-        # longest first: it sets the module's wall time (the others use the CPU only
-        # during its first attempt, which only has to be killed)
+        "slurm": Run(
+            "slurm",
+            root / "slurm",
+            _snakemake(root / "slurm", MICRO_CONFIG, *_set_resources(**one_gpu), slurm=True),
+            SLURM_ENV,
+        ),
         "walltime": Run(
             "walltime",
             walltime,
             _snakemake(
                 walltime,
                 _walltime_config(root / "walltime.yaml"),
-                *until,
+                "--until",
+                "prepare_base",
                 # attempt-scaled like the rule's own 120 * attempt, in CI-sized minutes:
                 # 1, then 3 (the retry fits even if the first attempt saved nothing)
                 *_set_resources(prepare_base={"gpu": 1, "runtime": "2 * attempt - 1"}),
+                # one core: the other one is the whole-DAG run's
+                "--set-threads",
+                "prepare_base=1",
                 slurm=True,
-            ),
-            SLURM_ENV,
-        ),
-        "slurm": Run(
-            "slurm",
-            root / "slurm",
-            _snakemake(
-                root / "slurm", MICRO_CONFIG, *until, *_set_resources(**one_gpu), slurm=True
             ),
             SLURM_ENV,
         ),
@@ -250,44 +264,58 @@ def runs(slurm_cluster, micro_data, micro_config, tmp_path_factory) -> dict[str,
             _snakemake(failing, MICRO_CONFIG, "--until", "prepare_data", slurm=True),
             SLURM_ENV,
         ),
-        "local": Run(
-            "local", root / "local", _snakemake(root / "local", MICRO_CONFIG, *until, slurm=False)
-        ),
     }
     deadline = started + RUN_TIMEOUT_S
     for job in jobs.values():
         job.wait(deadline)
     print(f"SLURM runs took {time.monotonic() - started:.0f} s")
+    jobs["local"] = micro_run
     return jobs
 
 
 def test_every_job_is_submitted_runs_in_its_allocation_and_finishes(runs):
     slurm = runs["slurm"]
     assert slurm.returncode == 0, slurm.tail()
-    submitted = {rule: (job_id, call) for rule, job_id, call in slurm.submissions()}
-    assert set(submitted) == {"prepare_data", "prepare_base"}, slurm.tail()
-    state = _squeue([job_id for job_id, _ in submitted.values()])
+    submitted = slurm.submissions()
+    jobs_of: dict[str, list[str]] = {}
+    for rule, job_id, _ in submitted:
+        jobs_of.setdefault(rule, []).append(job_id)
+    assert {rule: len(ids) for rule, ids in jobs_of.items()} == SUBMITTED_RULES, slurm.tail()
+    state = _squeue([job_id for _, job_id, _ in submitted])
+    for rule, job_id, _ in submitted:
+        assert state[job_id]["State"] == "COMPLETED", (rule, state[job_id])
     results = slurm.workdir / "results" / "micro"
-    for rule, out in (("prepare_data", "data"), ("prepare_base", "base")):
-        job_id, call = submitted[rule]
-        print(f"{rule}: {call.split(' --wrap=')[0]}")
-        assert state[job_id]["State"] == "COMPLETED", state
-        # the job's own record says where it ran
+    # each stage's own record says where it ran
+    for rule, out in (
+        ("prepare_data", "data"),
+        ("prepare_base", "base"),
+        ("train_eagle", "eagle/dllm/head"),
+        ("train_predictor", "predictor/model"),
+        ("eval_speed", "eval/heldout"),
+    ):
         device = json.loads((results / out / "run_info.json").read_text())["device"]
-        assert device["SLURM_JOB_ID"] == job_id, device
-    data_id, data_call = submitted["prepare_data"]
-    base_id, base_call = submitted["prepare_base"]
+        assert device["SLURM_JOB_ID"] in jobs_of[rule], (rule, device)
+    calls = {rule: (job_id, call) for rule, job_id, call in submitted}
+    data_id, data_call = calls["prepare_data"]
     # a CPU rule: one task on the CPU partition, no GPU
     assert " -p cpu " in data_call and "--ntasks=1" in data_call and "--gpus" not in data_call
     assert state[data_id]["Partition"] == "cpu" and state[data_id]["tres-per-job"] == "N/A"
-    # the GPU rule: --gpus=1 on the GPU partition, one launcher (no task per GPU)
-    assert " -p gpu " in base_call and "--gpus=1" in base_call and "--ntasks" not in base_call
-    assert state[base_id]["Partition"] == "gpu" and state[base_id]["tres-per-job"] == "gres:gpu:1"
+    print(f"prepare_data: {data_call.split(' --wrap=')[0]}")
+    for rule in GPU_RULES:
+        job_id, call = calls[rule]
+        print(f"{rule}: {call.split(' --wrap=')[0]}")
+        # a GPU rule: --gpus=1 on the GPU partition, one launcher (no task per GPU)
+        assert " -p gpu " in call and "--gpus=1" in call and "--ntasks" not in call, call
+        assert state[job_id]["Partition"] == "gpu", state[job_id]
+        assert state[job_id]["tres-per-job"] == "gres:gpu:1", state[job_id]
+    # eval_speed holds its node alone
+    assert "--exclusive" in calls["eval_speed"][1]
     device = json.loads((results / "base" / "run_info.json").read_text())["device"]
     # one of the two fake GPUs (the walltime run may hold the other), set by SLURM's GRES
     assert device["CUDA_VISIBLE_DEVICES"] in ("0", "1"), device
     assert json.loads((results / "base" / "metrics.json").read_text())["device"] == "cpu"
     # inside the allocation the job step is one task (`srun -n1`) holding the GPU
+    base_id = calls["prepare_base"][0]
     slurm_log = slurm.workdir / ".snakemake" / "slurm_logs" / "rule_prepare_base" / "micro"
     step = re.search(
         r"The call for this job is: (srun [^/]*)", (slurm_log / f"{base_id}.log").read_text()
@@ -296,14 +324,22 @@ def test_every_job_is_submitted_runs_in_its_allocation_and_finishes(runs):
 
 
 # Keys that measure speed or time: they differ between any two runs.
-_TIMING = re.compile(r"per_s$|wall|_at$")
+_TIMING = re.compile(r"per_s(_|$)|wall|_at$|speedup")
+
+
+# Sets that peft writes as lists, in an order that varies from process to process.
+_SET_VALUED = {"target_modules", "modules_to_save"}
 
 
 def _same_json(slurm, local, where: str) -> None:
     if isinstance(local, dict):
         assert set(slurm) == set(local), where
         for key in local:
-            if not _TIMING.search(key):
+            if key == "run_info":  # provenance (host, job id, time): the settings agree
+                assert slurm[key]["config_hash"] == local[key]["config_hash"], where
+            elif key in _SET_VALUED and isinstance(local[key], list):
+                assert sorted(slurm[key]) == sorted(local[key]), f"{where}.{key}"
+            elif not _TIMING.search(key):
                 _same_json(slurm[key], local[key], f"{where}.{key}")
     elif isinstance(local, list):
         assert len(slurm) == len(local), where
@@ -316,17 +352,30 @@ def _same_json(slurm, local, where: str) -> None:
         assert slurm == local, where
 
 
+def _same_table(a: Path, b: Path) -> None:
+    """Equal tables, except the columns that time something (within noise: positive)."""
+    import pandas as pd
+
+    ta, tb = pd.read_csv(a), pd.read_csv(b)
+    assert list(ta.columns) == list(tb.columns), a.name
+    timed = [c for c in tb.columns if _TIMING.search(c)]
+    pd.testing.assert_frame_equal(ta.drop(columns=timed), tb.drop(columns=timed), rtol=1e-4)
+    assert (ta[timed].fillna(0) >= 0).all().all()
+    if "speedup" in ta:
+        assert (ta["speedup"] > 0).all()
+
+
 def test_slurm_outputs_match_a_local_run(runs):
     import torch
     from safetensors.torch import load_file
 
     slurm, local = runs["slurm"], runs["local"]
     assert slurm.returncode == 0, slurm.tail()
-    assert local.returncode == 0, local.tail()
-    a, b = slurm.workdir / "results", local.workdir / "results"
+    a, b = slurm.workdir / "results", local / "results"
     files = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert any(f.name == "model.safetensors" for f in files)
+    assert Path("tables/speedup.csv") in files
     for rel in files:
         if rel.name == "run_info.json":  # host, job id, time: only the settings must agree
             assert (
@@ -337,11 +386,19 @@ def test_slurm_outputs_match_a_local_run(runs):
             _same_json(
                 json.loads((a / rel).read_text()), json.loads((b / rel).read_text()), str(rel)
             )
+        elif rel.suffix == ".jsonl":
+            rows_a, rows_b = ((p / rel).read_text().splitlines() for p in (a, b))
+            _same_json([json.loads(r) for r in rows_a], [json.loads(r) for r in rows_b], str(rel))
         elif rel.suffix == ".safetensors":
             sa, sb = load_file(a / rel), load_file(b / rel)
             assert sa.keys() == sb.keys()
             for key in sb:
                 torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
+        elif rel.suffix == ".csv":
+            _same_table(a / rel, b / rel)
+        elif rel.suffix in (".png", ".md", ".tex") and rel.parts[0] in ("tables", "figures"):
+            # timings are printed in them: their numbers are checked through the CSVs
+            assert (a / rel).stat().st_size > 0, rel
         else:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
