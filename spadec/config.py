@@ -179,6 +179,13 @@ def validate_config(
         elif key not in config:
             config[key] = {}
         fill_defaults(config[key], sub, schema)
+    for model in config["models"]:
+        methods = resolve_stage(config, model, "eval", schema)["methods"]
+        if "ar" not in methods:
+            raise ConfigError(
+                f"config key 'eval.methods' (model {model}): must include 'ar', the baseline"
+                " every speedup is measured against"
+            )
     if check_paths:
         for model in config["models"]:
             check_model_paths(config, model, schema)

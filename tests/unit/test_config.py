@@ -180,3 +180,12 @@ def test_stage_parts_cover_every_key_and_isolate_their_rules():
     assert after["train"]["lr"] == 0.5 and "seed" in after["train"]
     with pytest.raises(ConfigError, match="unknown settings part"):
         resolve_stage(config, "tiny", "eagle.nope")
+
+
+def test_eval_without_the_ar_baseline_is_refused():
+    config = {"models": {"m": {}}, "eval": {"methods": ["eagle2", "spadec_eagle2"]}}
+    with pytest.raises(ConfigError, match=r"eval.methods.*must include 'ar'"):
+        validate_config(config, check_paths=False)
+    per_model = {"models": {"m": {"eval": {"methods": ["dllm"]}}}}
+    with pytest.raises(ConfigError, match=r"model m\): must include 'ar'"):
+        validate_config(per_model, check_paths=False)
