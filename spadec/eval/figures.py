@@ -92,17 +92,21 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sub = records[records["model"] == model]
+        styles = iter([("-", 7), ("--", 5), (":", 4), ("-.", 3)] * 2)
         for method in dict.fromkeys(sub["method"]):
             col = "layer_execution_rate" if method == "dllm" else "layer_load_per_layer"
             rows = sub[sub["method"] == method]
             if col not in rows or rows[col].isna().all() or method in ("ar", "eagle2"):
                 continue
             per_layer = pd.DataFrame(rows[col].dropna().tolist()).mean(0)
+            # distinct line styles: identical curves (the same layers skipped) stay visible
+            style, size = next(styles)
             ax.plot(
                 per_layer.index,
                 per_layer.values,
+                linestyle=style,
                 marker="o",
-                ms=3,
+                ms=size,
                 label=LABELS.get(method, method),
             )
         ax.set_title(model, fontsize=10)
