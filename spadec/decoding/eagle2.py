@@ -47,6 +47,7 @@ class StepStats:
             "steps": steps,
             "tau": (sum(self.accepted) + steps) / steps if steps else float("nan"),
             "accept_histogram": dict(sorted(Counter(self.accepted).items())),
+            "accepted_lengths": list(self.accepted),  # drafts accepted at each step
             "verified_tokens_per_step": sum(self.verified) / steps if steps else float("nan"),
         }
         if steps:

@@ -141,6 +141,9 @@ def test_greedy_eagle2_with_a_random_head_equals_greedy_ar(kind, params):
     assert ours.output_ids == ar.output_ids
     steps = ours.target_forwards - 1  # the prefill commits one token without drafts
     assert sum(ours.extra["accept_histogram"].values()) == ours.extra["steps"] == steps
+    # every committed token: one per step (the target's own) plus the accepted drafts
+    assert len(ours.extra["accepted_lengths"]) == steps
+    assert 1 + steps + sum(ours.extra["accepted_lengths"]) >= len(ours.output_ids)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])

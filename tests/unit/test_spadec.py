@@ -186,3 +186,45 @@ def test_predictor_data_labels_the_accepted_path(tmp_path):
     assert manifest["nodes"] == n
     back = read_shards([tmp_path / "shard_0"])
     assert torch.equal(back["labels"], data["labels"])
+
+
+def _calibrate_routers(model, ids, share):
+    """Shift each dynamic router's execute bias so that `share` of the tokens in `ids`
+    execute its layer: decisions that differ from token to token (trained tiny routers
+    skip the same layers for every token instead)."""
+    for i in model.config.dynamic_layers():
+        router = model.model.layers[i].router
+        seen: list[torch.Tensor] = []
+        hook = router.register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.detach()))
+        with torch.no_grad():
+            model(ids)
+        hook.remove()
+        margin = (seen[0][..., 1] - seen[0][..., 0]).flatten().double()
+        router.linear_2.bias.data[1] -= torch.quantile(margin, 1 - share).to(model.dtype)
+
+
+def test_with_token_dependent_routers_prune_lowers_the_layer_load():
+    """SpaDec's premise: when routers disagree from token to token, a layer runs in plain
+    tree verification as soon as any of the verified tokens wants it (layer load near 1),
+    and verifying only the nodes ATS keeps lowers it, still losslessly."""
+    model = make_dllm("llama-gqa")
+    ids = prompt(vocab=model.config.vocab_size)
+    calib = torch.randint(
+        3, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(5)
+    )
+    _calibrate_routers(model, torch.cat([ids, calib], 1), share=0.3)
+    ref = dllm_decode(model, ids, 40)
+    rates = ref.extra["layer_execution_rate"][model.config.dynamic_start_layer :]
+    assert all(0.05 < r < 0.6 for r in rates), rates  # per-token decisions differ
+
+    def oracle():
+        return OracleDrafter(ref.output_ids + [0] * 8, ids.shape[1], model.config.vocab_size)
+
+    plain = speculative_decode(model, oracle(), ids, 40)
+    pruned = speculative_decode(
+        model, oracle(), ids, 40, verify_step=spadec_verify_step(_predictor(model), "prune")
+    )
+    assert plain.output_ids == pruned.output_ids == ref.output_ids
+    assert plain.extra["layer_load_share"] > 0.95  # any of 13 tokens wants every layer
+    assert pruned.extra["verified_tokens_per_step"] < plain.extra["verified_tokens_per_step"] / 2
+    assert pruned.extra["layer_load_share"] < plain.extra["layer_load_share"] - 0.15
