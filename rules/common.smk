@@ -30,13 +30,23 @@ MODELS = list(config["models"])
 # Jobs run on the interpreter that runs Snakemake (a venv need not be activated), except
 # under `--sdm conda`, where the rule's environment provides `python`.
 PYTHON = "python" if workflow.deployment_settings.deployment_method else sys.executable
-PROMPT_FILES = sorted(str(p) for p in (REPO / "data" / "prompts").glob("*.jsonl"))
+# The project prompts are inputs (an edited prompt file reruns prepare_data). Run from the
+# checkout (the usual case), they are named relative to it, so a moved checkout keeps the
+# same input paths; with `-d` elsewhere they are absolute.
+_PROMPTS = sorted((REPO / "data" / "prompts").glob("*.jsonl"))
+_WORKDIR = Path.cwd().resolve()
+PROMPT_FILES = [
+    str(p.relative_to(_WORKDIR)) if p.is_relative_to(_WORKDIR) else str(p) for p in _PROMPTS
+]
 
-# Every job: `$SPADEC_PY` is that interpreter, and `spadec` is importable from this
-# checkout, installed or not (e.g. under `--sdm conda`). Neither is a param, so moving
-# the checkout or the venv does not rerun anything. (Snakemake formats the prefix too:
-# `{{` below reaches bash as `{`.)
-shell.prefix(f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; SPADEC_PY='{PYTHON}'; ")
+# Every job: `$SPADEC_PY` is that interpreter, `$SPADEC_SCRIPTS` the workflow_scripts/
+# folder, and `spadec` is importable from this checkout, installed or not (e.g. under
+# `--sdm conda`). None of them is a param, so moving the checkout or the venv does not
+# rerun anything. (Snakemake formats the prefix too: `{{` below reaches bash as `{`.)
+shell.prefix(
+    f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; SPADEC_PY='{PYTHON}';"
+    f" SPADEC_SCRIPTS='{REPO / 'workflow_scripts'}'; "
+)
 
 
 wildcard_constraints:
@@ -58,8 +68,9 @@ def stage_gpus(stage):
 
 
 def script(name):
-    """Path of a thin entry point in workflow_scripts/ (passed to rules as a param)."""
-    return str(REPO / "workflow_scripts" / f"{name}.py")
+    """A thin entry point in workflow_scripts/, as the jobs' shell names it (a param that
+    does not change when the checkout moves)."""
+    return f"$SPADEC_SCRIPTS/{name}.py"
 
 
 def target_dir(wc):

@@ -64,7 +64,7 @@ def test_prepare_data_writes_every_file_without_leakage(micro_data):
     train_text = "\n".join(d["text"] for d in corpus_train)
     assert not any(r["response"][:80] in train_text for r in held if len(r["response"]) > 80)
     evals = read_jsonl(micro_data / "eval_heldout.jsonl")
-    assert len(evals) == 4 and {e["id"] for e in evals} <= {r["id"] for r in held}
+    assert len(evals) == 2 and {e["id"] for e in evals} <= {r["id"] for r in held}
     distill = read_jsonl(micro_data / "distill_prompts.jsonl")
     assert len(distill) == 16 and {d["id"] for d in distill} <= {r["id"] for r in sft}
     metrics = json.loads((micro_data / "metrics.json").read_text())

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import spadec  # noqa: F401  (registers the D-LLM model types for AutoModelForCausalLM)
-from tests.conftest import MICRO_CONFIG, REPO, micro_snakemake, run
+from tests.conftest import MICRO_CONFIG, REPO, micro_snakemake, run, tool
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -249,3 +249,29 @@ def test_reference_export_is_small_and_compares_with_its_run(finished_run, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| micro | heldout | spadec_eagle2 |" in proc.stdout
     assert "No differences in the resolved stage settings" in proc.stdout
+
+
+def test_a_moved_checkout_reruns_nothing(tmp_path):
+    """Run from a checkout, then move the checkout (results and .snakemake with it): no
+    param or input names the checkout's absolute path, so Snakemake has nothing to redo."""
+    import shutil
+    import subprocess
+
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    first = tmp_path / "first"
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (first / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, first / rel)
+    base = [tool("snakemake"), "--configfile", "tests/fixtures/config.micro.yaml"]
+    base += ["--workflow-profile", "profiles/ci", "--until", "prepare_base"]
+    proc = run(base, cwd=first, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    moved = first.rename(tmp_path / "moved")
+    proc = run([*base, "-n"], cwd=moved)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^total\s+0$", proc.stdout, re.M), proc.stdout[-3000:]
