@@ -81,6 +81,9 @@ rule tables:
         run_info="results/tables/run_info.json",
     log:
         "logs/tables.log",
+    # A few seconds of pandas and matplotlib over small files: on a cluster it runs where
+    # Snakemake runs, instead of waiting in the queue.
+    localrule: True
     conda:
         "../environment.yml"
     threads: 1

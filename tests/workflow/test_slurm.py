@@ -203,7 +203,7 @@ def _seed_data(workdir: Path, micro_data: Path, config: dict) -> None:
     os.utime(settings, (oldest, oldest))
 
 
-# Rules the micro DAG submits (stage_config is a local rule).
+# Rules the micro DAG submits (stage_config and tables are local rules).
 SUBMITTED_RULES = {
     "prepare_data": 1,
     "prepare_base": 1,
@@ -217,7 +217,6 @@ SUBMITTED_RULES = {
     "predictor_data": 2,
     "train_predictor": 1,
     "eval_speed": 1,
-    "tables": 1,
 }
 GPU_RULES = ("prepare_base", "eval_speed")
 
