@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from spadec.eval.tables import DENSE_METHODS  # noqa: E402
+
 LABELS = {
     "ar": "AR",
     "dllm": "D-LLM",
@@ -96,7 +98,7 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
         for method in dict.fromkeys(sub["method"]):
             col = "layer_execution_rate" if method == "dllm" else "layer_load_per_layer"
             rows = sub[sub["method"] == method]
-            if col not in rows or rows[col].isna().all() or method in ("ar", "eagle2"):
+            if col not in rows or rows[col].isna().all() or method in DENSE_METHODS:
                 continue
             per_layer = pd.DataFrame(rows[col].dropna().tolist()).mean(0)
             # distinct line styles: identical curves (the same layers skipped) stay visible

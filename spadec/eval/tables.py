@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from spadec.eval.speed import summarize
 from spadec.io import read_jsonl
 
 KEY = ["model", "bench", "method"]
@@ -83,12 +84,6 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _paired(df: pd.DataFrame, baseline: pd.DataFrame, suffix: str) -> pd.DataFrame:
-    """Each record joined with the baseline record of the same model/bench/prompt."""
-    cols = ["model", "bench", "prompt_id"]
-    return df.merge(baseline, on=cols, suffixes=("", suffix), validate="many_to_one")
-
-
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, bench, method): speedups vs ar (both definitions, spread),
     tokens/s, tau, layer shares, forwards per token, share of outputs equal to ar's."""
@@ -100,40 +95,49 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     )
     if missing:
         raise RecordsError(f"no `ar` records for {sorted(missing)}")
-    pair = _paired(df, ar, "_ar")
-    pair["ratio"] = pair["tokens_per_s"] / (pair["new_tokens_ar"] / pair["wall_s_ar"])
     rows = []
-    for (model, bench, method), g in pair.groupby(KEY, sort=False):
-        n = len(g)
-        std = g["ratio"].std(ddof=1) if n > 1 else 0.0
-        total = (g["new_tokens"].sum() / g["wall_s"].sum()) / (
-            g["new_tokens_ar"].sum() / g["wall_s_ar"].sum()
+    for (model, bench), group in df.groupby(KEY[:2], sort=False):
+        # the ratios themselves are spadec.eval.speed.summarize's (one definition)
+        summary = summarize(
+            _present(group), {m: "ar" for m in group["method"].unique() if m != "ar"}
         )
-        row = {
-            "model": model,
-            "bench": bench,
-            "method": method,
-            "prompts": n,
-            "tokens_per_s": g["new_tokens"].sum() / g["wall_s"].sum(),
-            "speedup": g["ratio"].mean(),
-            "speedup_std": std,
-            "speedup_ci95": 1.96 * std / math.sqrt(n),
-            "speedup_total": total,
-            "new_tokens": int(g["new_tokens"].sum()),
-            "target_forwards_per_token": g["target_forwards"].sum() / g["new_tokens"].sum()
-            if "target_forwards" in g
-            else math.nan,
-        }
-        row["tau"] = _mean_or(g, "tau", 1.0 if method in ("ar", "dllm") else math.nan)
-        dense = method in DENSE_METHODS
-        row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
-        row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
-        if "draft_forwards" in g and g["draft_forwards"].notna().any():
-            row["draft_forwards_per_token"] = g["draft_forwards"].sum() / g["new_tokens"].sum()
-        else:
-            row["draft_forwards_per_token"] = 0.0 if method in ("ar", "dllm") else math.nan
-        rows.append(row)
+        for method, g in group.groupby("method", sort=False):
+            s = summary[method]
+            n, std = s["prompts"], s.get("speedup_std", 0.0)
+            tokens = g["new_tokens"].sum()
+            row = {
+                "model": model,
+                "bench": bench,
+                "method": method,
+                "prompts": n,
+                "tokens_per_s": s["tokens_per_s"],
+                "speedup": s.get("speedup_mean_of_ratios", 1.0),
+                "speedup_std": std,
+                "speedup_ci95": 1.96 * std / math.sqrt(n),
+                "speedup_total": s.get("speedup_ratio_of_totals", 1.0),
+                "new_tokens": int(tokens),
+                "target_forwards_per_token": g["target_forwards"].sum() / tokens
+                if "target_forwards" in g
+                else math.nan,
+            }
+            row["tau"] = _mean_or(g, "tau", 1.0 if method in ("ar", "dllm") else math.nan)
+            dense = method in DENSE_METHODS
+            row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
+            row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
+            if "draft_forwards" in g and g["draft_forwards"].notna().any():
+                row["draft_forwards_per_token"] = g["draft_forwards"].sum() / tokens
+            else:
+                row["draft_forwards_per_token"] = 0.0 if method in ("ar", "dllm") else math.nan
+            rows.append(row)
     return _order(pd.DataFrame(rows))
+
+
+def _present(df: pd.DataFrame) -> list[dict]:
+    """Records as dicts without the columns a record did not have (NaN in the frame)."""
+    return [
+        {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+        for r in df.to_dict("records")
+    ]
 
 
 def _mean_or(g: pd.DataFrame, col: str, default: float) -> float:
