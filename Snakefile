@@ -32,6 +32,6 @@ rule all:
     input:
         expand("results/{model}/data", model=MODELS),
         expand("results/{model}/base", model=MODELS),
-        expand("results/{model}/dllm/metrics.json", model=MODELS),
+        dllm_metrics(),
         rules.tables.output,
     localrule: True

@@ -6,7 +6,8 @@
 For every tree (total_tokens/depth/top_k) the methods (spadec_eagle2 in both ATS modes)
 decode the same held-out prompts, interleaved prompt by prompt after a warm-up, greedy, in
 this one process; the figures to read are tau, the layer-load shares and the speedup
-ratios (eagle2 vs ar; eagle2_dllm and spadec_eagle2 vs dllm), both as the mean of
+ratios over each method's own target (eagle2 vs ar, eagle2_dllm vs dllm, spadec_eagle2
+vs dllm_robust when the run has a baseline D-LLM, else dllm), both as the mean of
 per-prompt ratios and as the ratio of totals. Greedy outputs of the lossless methods must
 match their baselines; the script exits 1 if they do not.
 """
@@ -18,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from spadec.eval.bench import evaluate_bench
+from spadec.decoding.catalog import is_plain
+from spadec.eval.bench import evaluate_bench, results_paths
 from spadec.io import read_json
 from spadec.logs import setup_logging
 
@@ -43,14 +45,7 @@ def main() -> int:
     speed["compare_ats_modes"] = True
     if args.max_new_tokens:
         speed["max_new_tokens"] = args.max_new_tokens
-    paths = {
-        "base": res / "base",
-        "dllm": res / "dllm" / "hf",
-        "head_dense": res / "eagle" / "dense" / "head",
-        "head_dllm": res / "eagle" / "dllm" / "head",
-        "predictor": res / "predictor" / "model",
-        "data": res / "data",
-    }
+    paths = results_paths(res)
     ats = read_json(res / "config" / "predictor.decode.json")
     trees = args.trees or [f"{settings['total_tokens']}/{settings['depth']}/{settings['top_k']}"]
     rows, lossless = [], True
@@ -65,7 +60,7 @@ def main() -> int:
         lossy = {"spadec_eagle2_steer"} | (
             {"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set()
         )
-        for method in set(m) - {"ar", "dllm"} - lossy:
+        for method in {k for k in m if not is_plain(k)} - lossy:
             lossless &= m[method]["same_output_as_baseline"] == 1.0
         print(
             f"tree {spec:>9}: tau eagle2 {m['eagle2']['tau']:.2f}, eagle2_dllm "
@@ -82,9 +77,9 @@ def main() -> int:
             e = m[name]
             print(
                 f"  {name}: tau {e['tau']:.2f}, {e['tokens_per_s']:.1f} tok/s, "
-                f"{e['speedup_mean_of_ratios']:.2f}x vs dllm, layer load "
+                f"{e['speedup_mean_of_ratios']:.2f}x vs its target's plain decoding, layer load "
                 f"{e['layer_load_share']:.3f} (eagle2_dllm {m['eagle2_dllm']['layer_load_share']:.3f}), "
-                f"same output as dllm {e['same_output_as_baseline']:.2f}"
+                f"same output as that decoding {e['same_output_as_baseline']:.2f}"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

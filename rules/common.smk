@@ -14,6 +14,7 @@ import re
 from spadec.config import (
     ConfigError,
     SETTINGS_FILES,
+    dllm_variants,
     load_schema,
     resolve_stage,
     validate_config,
@@ -51,7 +52,8 @@ shell.prefix(
 
 wildcard_constraints:
     model="|".join(MODELS),
-    target="dense|dllm",
+    target="dense|dllm|dllm_baseline",
+    dllm="dllm|dllm_baseline",
     shard=r"\d+",
     bench=r"[A-Za-z0-9_.-]+",
     stage="|".join(re.escape(s) for s in SETTINGS_FILES),
@@ -74,10 +76,24 @@ def script(name):
 
 
 def target_dir(wc):
-    """The target model a {target} wildcard names."""
+    """The target model a {target} wildcard names: the base, or a D-LLM (SpaDec's `dllm`,
+    or the `dllm_baseline` of the D-LLM and Eagle2+D-LLM bars)."""
     if wc.target == "dense":
         return f"results/{wc.model}/base"
-    return f"results/{wc.model}/dllm/hf"
+    return f"results/{wc.model}/{wc.target}/hf"
+
+
+def baseline_dllm(model):
+    """The D-LLM behind the dllm and eagle2_dllm methods: a separate baseline when the
+    config trains one (its router input differs from SpaDec's), else SpaDec's."""
+    return dllm_variants(config, model, SCHEMA)[-1]
+
+
+def dllm_metrics(wc=None):
+    """Every D-LLM's evaluation against its base, for all models."""
+    return [
+        f"results/{m}/{d}/metrics.json" for m in MODELS for d in dllm_variants(config, m, SCHEMA)
+    ]
 
 
 def eagle_shards(wc):

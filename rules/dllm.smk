@@ -1,17 +1,19 @@
 # D-LLM: LoRA + router finetune, LoRA merge, final HF directory, evaluation vs dense.
+# {dllm} is `dllm` (SpaDec's target, multi-token robust routers) or `dllm_baseline` (the
+# D-LLM and Eagle2+D-LLM bars' target, trained when its router input differs).
 
 
 rule finetune_dllm:
     input:
-        cfg="results/{model}/config/dllm.json",
+        cfg="results/{model}/config/{dllm}.json",
         base="results/{model}/base",
         data="results/{model}/data",
     output:
-        directory("results/{model}/dllm/adapter"),
+        directory("results/{model}/{dllm}/adapter"),
     log:
-        "logs/{model}/finetune_dllm.log",
+        "logs/{model}/finetune_{dllm}.log",
     benchmark:
-        "logs/{model}/finetune_dllm.benchmark.tsv"
+        "logs/{model}/finetune_{dllm}.benchmark.tsv"
     conda:
         "../environment.yml"
     threads: 8
@@ -21,7 +23,7 @@ rule finetune_dllm:
         runtime=lambda wc, attempt: 240 * attempt,
     params:
         script=script("finetune_dllm"),
-        ckpt="ckpt/{model}/dllm",
+        ckpt="ckpt/{model}/{dllm}",
     shell:
         "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
         " {params.script} --config {input.cfg} --base {input.base} --data {input.data}"
@@ -30,15 +32,15 @@ rule finetune_dllm:
 
 rule merge_lora:
     input:
-        cfg="results/{model}/config/dllm.json",
+        cfg="results/{model}/config/{dllm}.json",
         base="results/{model}/base",
-        adapter="results/{model}/dllm/adapter",
+        adapter="results/{model}/{dllm}/adapter",
     output:
-        temp(directory("results/{model}/dllm/merged")),
+        temp(directory("results/{model}/{dllm}/merged")),
     log:
-        "logs/{model}/merge_lora.log",
+        "logs/{model}/merge_lora_{dllm}.log",
     benchmark:
-        "logs/{model}/merge_lora.benchmark.tsv"
+        "logs/{model}/merge_lora_{dllm}.benchmark.tsv"
     conda:
         "../environment.yml"
     resources:
@@ -53,14 +55,14 @@ rule merge_lora:
 
 rule convert_hf:
     input:
-        cfg="results/{model}/config/dllm.json",
-        merged="results/{model}/dllm/merged",
+        cfg="results/{model}/config/{dllm}.json",
+        merged="results/{model}/{dllm}/merged",
     output:
-        directory("results/{model}/dllm/hf"),
+        directory("results/{model}/{dllm}/hf"),
     log:
-        "logs/{model}/convert_hf.log",
+        "logs/{model}/convert_hf_{dllm}.log",
     benchmark:
-        "logs/{model}/convert_hf.benchmark.tsv"
+        "logs/{model}/convert_hf_{dllm}.benchmark.tsv"
     conda:
         "../environment.yml"
     resources:
@@ -75,16 +77,16 @@ rule convert_hf:
 
 rule eval_dllm:
     input:
-        cfg="results/{model}/config/dllm.json",
+        cfg="results/{model}/config/{dllm}.json",
         base="results/{model}/base",
-        dllm="results/{model}/dllm/hf",
+        dllm="results/{model}/{dllm}/hf",
         data="results/{model}/data",
     output:
-        "results/{model}/dllm/metrics.json",
+        "results/{model}/{dllm}/metrics.json",
     log:
-        "logs/{model}/eval_dllm.log",
+        "logs/{model}/eval_{dllm}.log",
     benchmark:
-        "logs/{model}/eval_dllm.benchmark.tsv"
+        "logs/{model}/eval_{dllm}.benchmark.tsv"
     conda:
         "../environment.yml"
     threads: 8

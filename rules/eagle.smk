@@ -1,5 +1,5 @@
 # EAGLE-2: self-distilled answers, sharded target features, DeepSpeed head training.
-# {target} is `dense` (the base) or `dllm`.
+# {target} is `dense` (the base), `dllm` (SpaDec's D-LLM) or `dllm_baseline`.
 
 
 rule distill:

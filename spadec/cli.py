@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from spadec.config import STAGES, ConfigError, load_yaml, resolve_stage, validate_config
+from spadec.decoding.catalog import METHOD_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,28 +76,25 @@ def cmd_generate(args) -> int:
     from spadec.base.chat import prompt_ids
     from spadec.decoding.draft import TreeParams
     from spadec.decoding.methods import Models, run_method
+    from spadec.eval.bench import results_paths
     from spadec.io import read_json
 
     results = Path(args.results) if args.results else None
-
-    def pick(explicit, *parts):
-        if explicit:
-            return explicit
-        return str(results.joinpath(*parts)) if results else None
-
-    models = Models.load(
-        [args.method],
-        pick(args.base, "base"),
-        pick(args.dllm, "dllm", "hf"),
-        pick(args.head_dense, "eagle", "dense", "head"),
-        pick(args.head_dllm, "eagle", "dllm", "head"),
-        args.dtype,
-        predictor=pick(args.predictor, "predictor", "model"),
-        ats_mode=args.ats_mode,
-    )
+    paths = {k: str(v) for k, v in results_paths(results).items()} if results else {}
+    explicit = {
+        "base": args.base,
+        "dllm": args.dllm,
+        "dllm_baseline": args.dllm_baseline,
+        "head_dense": args.head_dense,
+        "head_dllm": args.head_dllm,
+        "head_dllm_baseline": args.head_dllm_baseline,
+        "predictor": args.predictor,
+    }
+    paths.update({k: v for k, v in explicit.items() if v})
+    paths["dense"] = paths.pop("base", None)
+    models = Models.load([args.method], paths, args.dtype, ats_mode=args.ats_mode)
     tok = models.tokenizer
-    target = models.dense if models.dense is not None else models.dllm
-    ids = torch.tensor([prompt_ids(tok, args.prompt)], device=next(target.parameters()).device)
+    ids = torch.tensor([prompt_ids(tok, args.prompt)], device=models.device)
     stage_cfg = results / "config" / "eagle.decode.json" if results else None
     tree = read_json(stage_cfg) if stage_cfg and stage_cfg.is_file() else {}
     params = TreeParams(
@@ -193,14 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--method",
         required=True,
-        choices=["ar", "dllm", "eagle2", "eagle2_dllm", "spadec_eagle2"],
+        choices=list(METHOD_ORDER),
     )
     p.add_argument("--prompt", required=True, help="the user turn (the chat template is applied)")
     p.add_argument("--results", help="a model's results dir (results/<model>): default model paths")
     p.add_argument("--base", help="dense target directory (default <results>/base)")
-    p.add_argument("--dllm", help="D-LLM target directory (default <results>/dllm/hf)")
+    p.add_argument("--dllm", help="SpaDec's D-LLM target directory (default <results>/dllm/hf)")
+    p.add_argument(
+        "--dllm-baseline",
+        help="baseline D-LLM of dllm and eagle2_dllm (default <results>/dllm_baseline/hf "
+        "where the run trained one, else the D-LLM above)",
+    )
     p.add_argument("--head-dense", help="EAGLE head of the dense target")
     p.add_argument("--head-dllm", help="EAGLE head of the D-LLM target")
+    p.add_argument("--head-dllm-baseline", help="EAGLE head of the baseline D-LLM")
     p.add_argument("--predictor", help="acceptance predictor (default <results>/predictor/model)")
     p.add_argument("--ats-mode", default="prune", choices=["prune", "steer"])
     p.add_argument("--max-new-tokens", type=int, default=128)

@@ -66,8 +66,16 @@ STAGE_PARTS = {
     },
 }
 RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus"), "predictor": ("gpus",), "eval": ("gpus",)}
-SETTINGS_FILES = STAGES + tuple(
-    f"{stage}.{part}" for stage, parts in STAGE_PARTS.items() for part in parts
+# The D-LLM behind the paper's D-LLM and Eagle2+D-LLM bars ("dllm_baseline") is the dllm
+# stage with the baseline router input (upstream D-LLM's plain routers by default; the
+# dllm stage itself is SpaDec's target, with the multi-token robust router). Each D-LLM's
+# settings file holds only its own router input, so a change to one reruns only its
+# stages; when both are equal the pipeline trains one D-LLM.
+BASELINE_DLLM = "dllm_baseline"
+SETTINGS_FILES = (
+    STAGES
+    + tuple(f"{stage}.{part}" for stage, parts in STAGE_PARTS.items() for part in parts)
+    + (BASELINE_DLLM,)
 )
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -205,7 +213,14 @@ def deep_merge(base: dict, override: dict) -> dict:
 def resolve_stage(config: dict, model: str, stage: str, schema: dict | None = None) -> dict:
     """The settings `stage` runs with for `model`: top-level section + the model's overrides.
 
-    `stage` may name a part ("eagle.train"): then only that part's keys (and `seed`)."""
+    `stage` may name a part ("eagle.train"): then only that part's keys (and `seed`);
+    or `dllm_baseline`: the baseline D-LLM's settings."""
+    if stage in ("dllm", BASELINE_DLLM):
+        settings = _resolve(config, model, "dllm", schema)
+        baseline_bits = settings.pop("baseline_router_input_bits")
+        if stage == BASELINE_DLLM:
+            settings["router_input_bits"] = baseline_bits
+        return settings
     if "." in stage:
         whole, part = stage.split(".", 1)
         if part not in STAGE_PARTS.get(whole, {}):
@@ -214,6 +229,10 @@ def resolve_stage(config: dict, model: str, stage: str, schema: dict | None = No
             )
         full = resolve_stage(config, model, whole, schema)
         return {k: full[k] for k in (*STAGE_PARTS[whole][part], "seed")}
+    return _resolve(config, model, stage, schema)
+
+
+def _resolve(config: dict, model: str, stage: str, schema: dict | None) -> dict:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
     if model not in config.get("models", {}):
@@ -226,6 +245,14 @@ def resolve_stage(config: dict, model: str, stage: str, schema: dict | None = No
     # Every stage sees one seed: the global one, offset by the stage's own where it has one.
     resolved["seed"] = resolved.get("seed", 0) + config.get("seed", 0)
     return resolved
+
+
+def dllm_variants(config: dict, model: str, schema: dict | None = None) -> list[str]:
+    """The D-LLMs a model's run trains: `dllm` (SpaDec's), and `dllm_baseline` when its
+    router input differs."""
+    settings = _resolve(config, model, "dllm", schema)
+    separate = settings["baseline_router_input_bits"] != settings["router_input_bits"]
+    return ["dllm", BASELINE_DLLM] if separate else ["dllm"]
 
 
 def _check_file(key: str, path: str) -> None:

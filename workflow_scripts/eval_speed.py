@@ -14,7 +14,8 @@ parser.add_argument("--bench", required=True, help="benchmark name (data/eval_<b
 parser.add_argument("--speed", required=True, help="resolved eval.speed settings (JSON)")
 parser.add_argument("--decode", required=True, help="resolved eagle.decode settings (JSON)")
 parser.add_argument("--ats", required=True, help="resolved predictor.decode settings (JSON)")
-for name in ("base", "dllm", "head-dense", "head-dllm", "predictor", "data"):
+MODEL_ARGS = ("base", "dllm", "dllm-baseline", "head-dense", "head-dllm", "head-dllm-baseline")
+for name in (*MODEL_ARGS, "predictor", "data"):
     parser.add_argument(f"--{name}", required=True)
 parser.add_argument("--out", required=True, help="output directory")
 args = parser.parse_args()
@@ -23,7 +24,8 @@ setup_logging()
 speed, decode, ats = read_json(args.speed), read_json(args.decode), read_json(args.ats)
 run_info = RunInfo("eval_speed", {"speed": speed, "decode": decode, "ats": ats})
 paths = {
-    k: getattr(args, k) for k in ("base", "dllm", "head_dense", "head_dllm", "predictor", "data")
+    k.replace("-", "_"): getattr(args, k.replace("-", "_"))
+    for k in (*MODEL_ARGS, "predictor", "data")
 }
 metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths)
 with atomic_dir(args.out) as tmp:

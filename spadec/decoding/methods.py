@@ -1,20 +1,30 @@
-"""The decoding methods of the paper's tables, behind one call.
+"""The decoding methods of the paper's tables, behind one call (what each runs on:
+`spadec.decoding.catalog`).
 
-ar           dense target, one token per forward (the 1.0x baseline)
-dllm         D-LLM target, one token per forward, real layer skipping
-eagle2       EAGLE-2 tree drafted by the dense target's head, dense verification
-eagle2_dllm  EAGLE-2 tree drafted by the D-LLM target's head, D-LLM verification
-             (a layer runs if any verified token wants it)
+ar            dense target, one token per forward (the 1.0x baseline)
+dllm          baseline D-LLM, one token per forward, real layer skipping
+dllm_robust   SpaDec's D-LLM (robust routers), one token per forward
+eagle2        EAGLE-2 tree drafted by the dense target's head, dense verification
+eagle2_dllm   EAGLE-2 on the baseline D-LLM with its own head (a layer runs if any
+              verified token wants it)
+spadec_eagle2 EAGLE-2 on SpaDec's D-LLM: pre-run K layers, predictor, ATS
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spadec.decoding.autoregressive import DecodeResult, greedy_decode
+from spadec.decoding.catalog import (
+    ATS_VARIANTS,
+    base_method,
+    method_info,
+    resolve_target,
+    separate_baseline,
+)
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode, verify_all_layers
 from spadec.decoding.spadec import spadec_verify_step
@@ -23,95 +33,78 @@ from spadec.dllm.inference import dllm_decode
 from spadec.eagle.head import EagleHead, load_head
 from spadec.predictor.model import AcceptancePredictor, load_predictor
 
-METHODS = ("ar", "dllm", "eagle2", "eagle2_dllm", "spadec_eagle2")
-# `spadec_eagle2` uses the configured ATS mode; these name a mode explicitly.
-VARIANTS = {"spadec_eagle2_prune": "prune", "spadec_eagle2_steer": "steer"}
-
-
-def base_method(method: str) -> str:
-    return "spadec_eagle2" if method in VARIANTS else method
-
-
-NEEDS = {  # method -> (target, head) it needs
-    "ar": ("dense", None),
-    "dllm": ("dllm", None),
-    "eagle2": ("dense", "dense"),
-    "eagle2_dllm": ("dllm", "dllm"),
-    "spadec_eagle2": ("dllm", "dllm"),
-}
-
 
 @dataclass
 class Models:
-    """What the methods run on; a method whose model is None is unavailable."""
+    """What the methods run on, by target name (`catalog.TARGETS`). Without a separate
+    baseline D-LLM, `dllm_baseline` resolves to `dllm`."""
 
-    dense: torch.nn.Module | None = None
-    dllm: torch.nn.Module | None = None
-    head_dense: EagleHead | None = None
-    head_dllm: EagleHead | None = None
+    targets: dict[str, torch.nn.Module] = field(default_factory=dict)
+    heads: dict[str, EagleHead] = field(default_factory=dict)
     predictor: AcceptancePredictor | None = None
+    separate_baseline: bool = False
     ats_mode: str = "prune"
     acc_length: int = 3
     tokenizer: object = None
 
-    def target(self, name: str):
-        return self.dense if name == "dense" else self.dllm
+    def resolve(self, target: str) -> str:
+        return resolve_target(target, self.separate_baseline)
 
-    def head(self, name: str):
-        return self.head_dense if name == "dense" else self.head_dllm
+    def target(self, name: str) -> torch.nn.Module:
+        return self.targets[self.resolve(name)]
+
+    def head(self, name: str) -> EagleHead:
+        return self.heads[self.resolve(name)]
+
+    def target_of(self, method: str) -> str:
+        """The resolved target a method runs on (recorded with every run)."""
+        return self.resolve(method_info(method).target)
+
+    @property
+    def device(self) -> torch.device:
+        return next(next(iter(self.targets.values())).parameters()).device
 
     @classmethod
     def load(
         cls,
         methods: list[str],
-        base: str | Path | None,
-        dllm: str | Path | None,
-        head_dense: str | Path | None,
-        head_dllm: str | Path | None,
+        paths: dict[str, str | Path | None],
         dtype: str = "float32",
         device=None,
-        predictor: str | Path | None = None,
         ats_mode: str = "prune",
         acc_length: int = 3,
     ) -> Models:
-        """Load what `methods` need; a missing path for a needed model is an error."""
-        unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
-        if unknown:
-            known = ", ".join([*METHODS, *VARIANTS])
-            raise ValueError(f"unknown method(s) {unknown} (known: {known})")
-        methods = [base_method(m) for m in methods]
-        paths = {
-            "dense": base,
-            "dllm": dllm,
-            "head_dense": head_dense,
-            "head_dllm": head_dllm,
-            "predictor": predictor,
-        }
+        """Load what `methods` need. `paths` maps target names (dense, dllm,
+        dllm_baseline), `head_<target>` and `predictor` to directories; a missing or
+        equal `dllm_baseline` (and its head) means the run has one D-LLM. A missing path
+        for a needed model is an error."""
+        for m in methods:
+            method_info(m)  # unknown names fail here, listing the known ones
+        models = cls(
+            separate_baseline=separate_baseline(paths), ats_mode=ats_mode, acc_length=acc_length
+        )
         needed = set()
         for m in methods:
-            target, head = NEEDS[m]
-            needed.add(target)
-            if head:
-                needed.add(f"head_{head}")
-            if m == "spadec_eagle2":
+            info = method_info(m)
+            needed.add(models.resolve(info.target))
+            if info.head:
+                needed.add(f"head_{models.resolve(info.head)}")
+            if base_method(m) == "spadec_eagle2":
                 needed.add("predictor")
-        missing = sorted(k for k in needed if not paths[k])
+        missing = sorted(k for k in needed if not paths.get(k))
         if missing:
             raise ValueError(f"methods {methods} need a path for: {', '.join(missing)}")
-        models = cls(ats_mode=ats_mode, acc_length=acc_length)
-        for name in ("dense", "dllm"):
-            if name in needed:
-                model, tok = load_target(paths[name], dtype, device)
-                setattr(models, name, model)
-                models.tokenizer = models.tokenizer or tok
-        for name in ("head_dense", "head_dllm"):
-            if name in needed:
-                target = models.target(name.removeprefix("head_"))
+        for name in sorted(needed - {"predictor"}, key=lambda k: k.startswith("head_")):
+            if name.startswith("head_"):
+                target = models.targets[name.removeprefix("head_")]
                 dev = next(target.parameters()).device
-                setattr(models, name, load_head(paths[name], target.dtype, dev))
+                models.heads[name.removeprefix("head_")] = load_head(paths[name], target.dtype, dev)
+            else:
+                model, tok = load_target(paths[name], dtype, device)
+                models.targets[name] = model
+                models.tokenizer = models.tokenizer or tok
         if "predictor" in needed:
-            dev = next(models.dllm.parameters()).device
-            models.predictor = load_predictor(paths["predictor"], dev)
+            models.predictor = load_predictor(paths["predictor"], models.device)
         return models
 
 
@@ -125,21 +118,21 @@ def run_method(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> DecodeResult:
-    target_name, head_name = NEEDS[base_method(method)]
-    target = models.target(target_name)
+    info = method_info(method)
+    target = models.target(info.target)
     if method == "ar":
         return greedy_decode(
             target, input_ids, max_new_tokens, eos_token_id, temperature, generator
         )
-    if method == "dllm":
+    if info.plain:
         return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
     verify = verify_all_layers
     if base_method(method) == "spadec_eagle2":
-        mode = VARIANTS.get(method, models.ats_mode)
+        mode = ATS_VARIANTS.get(method, models.ats_mode)
         verify = spadec_verify_step(models.predictor, mode, models.acc_length)
     return eagle2_decode(
         target,
-        models.head(head_name),
+        models.head(info.head),
         input_ids,
         params,
         max_new_tokens,

@@ -3,7 +3,8 @@ turns), in one process, and the per-turn records the tables are computed from.
 
 The speculative methods are compared with `ar` (the paper's baseline) in the tables; the
 summary here also gives each method's speedup over its own target's plain decoding
-(`eagle2_dllm` and `spadec_eagle2` over `dllm`), which isolates the drafting gain.
+(`eagle2_dllm` over `dllm`, `spadec_eagle2` over `dllm_robust`), which isolates the
+drafting gain. That plain decoding runs whenever a method needs it as its reference.
 """
 
 from __future__ import annotations
@@ -11,26 +12,48 @@ from __future__ import annotations
 from pathlib import Path
 
 from spadec.base.chat import prompt_ids
+from spadec.decoding.catalog import is_plain, references, separate_baseline, with_references
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.methods import Models
 from spadec.eval.speed import run_side_by_side, summarize
-from spadec.eval.tables import reference_method
 from spadec.io import read_jsonl
 
 
-def own_baselines(methods: list[str]) -> dict[str, str]:
-    """Each method's plain decoding of the same target (dllm's: ar), for the summary."""
-    return {m: "ar" if m == "dllm" else reference_method(m) for m in methods if m != "ar"}
+def results_paths(results: str | Path) -> dict[str, Path]:
+    """The models, heads, predictor and data of one model's results folder
+    (results/{model}), as evaluate_bench takes them; the baseline D-LLM is named only
+    when the run trained one."""
+    res = Path(results)
+    paths = {
+        "base": res / "base",
+        "dllm": res / "dllm" / "hf",
+        "head_dense": res / "eagle" / "dense" / "head",
+        "head_dllm": res / "eagle" / "dllm" / "head",
+        "predictor": res / "predictor" / "model",
+        "data": res / "data",
+    }
+    if (res / "dllm_baseline" / "hf").is_dir():
+        paths["dllm_baseline"] = res / "dllm_baseline" / "hf"
+        paths["head_dllm_baseline"] = res / "eagle" / "dllm_baseline" / "head"
+    return paths
 
 
-def bench_methods(speed: dict, ats_mode: str) -> list[str]:
-    """The methods an eval_speed job runs: the configured ones, plus spadec_eagle2 in the
-    other ATS mode when `compare_ats_modes` asks for it."""
+def own_baselines(models: Models, methods: list[str]) -> dict[str, str]:
+    """Each method's plain decoding of the same target (a plain method's: ar), for the
+    summary."""
+    refs = references({m: models.target_of(m) for m in methods})
+    return {m: "ar" if is_plain(m) else refs[m] for m in methods if m != "ar"}
+
+
+def bench_methods(speed: dict, ats_mode: str, separate_baseline: bool) -> list[str]:
+    """The methods an eval_speed job runs: the configured ones, spadec_eagle2 in the
+    other ATS mode when `compare_ats_modes` asks for it, and the plain decoding of every
+    target they run on (each lossless method's reference)."""
     methods = list(speed["methods"])
     if speed["compare_ats_modes"] and "spadec_eagle2" in methods:
         other = "steer" if ats_mode == "prune" else "prune"
         methods.append(f"spadec_eagle2_{other}")
-    return methods
+    return with_references(methods, separate_baseline)
 
 
 def load_prompts(data_dir: str | Path, bench: str) -> list[dict]:
@@ -58,17 +81,16 @@ def evaluate_bench(
     """(metrics, per-turn records) of one model on one benchmark.
 
     `speed` = eval.speed settings, `decode` = eagle.decode (dtype, tree), `ats` =
-    predictor.decode; `paths` names base, dllm, head_dense, head_dllm, predictor, data.
-    `max_prompts` cuts the benchmark further (benchmarks/ sweeps)."""
-    methods = bench_methods(speed, ats["ats_mode"])
+    predictor.decode; `paths` names base, dllm, dllm_baseline, head_dense, head_dllm,
+    head_dllm_baseline, predictor and data (the baseline D-LLM and its head may be
+    missing or equal to dllm's: then one D-LLM serves every method). `max_prompts` cuts
+    the benchmark further (benchmarks/ sweeps)."""
+    model_paths = {"dense": paths["base"], **{k: v for k, v in paths.items() if k != "base"}}
+    methods = bench_methods(speed, ats["ats_mode"], separate_baseline(model_paths))
     models = Models.load(
         methods,
-        paths["base"],
-        paths["dllm"],
-        paths["head_dense"],
-        paths["head_dllm"],
+        model_paths,
         decode["dtype"],
-        predictor=paths["predictor"],
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
     )
@@ -101,6 +123,7 @@ def evaluate_bench(
         "tree": {"total_tokens": params.total_tokens, "depth": params.depth, "top_k": params.top_k},
         "ats_mode": ats["ats_mode"],
         "methods": summarize(records, {m: "ar" for m in methods if m != "ar"}),
-        "vs_own_target": summarize(records, own_baselines(methods)),
+        "targets": {m: models.target_of(m) for m in methods},
+        "vs_own_target": summarize(records, own_baselines(models, methods)),
     }
     return metrics, records

@@ -11,17 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from spadec.eval.tables import DENSE_METHODS  # noqa: E402
-
-LABELS = {
-    "ar": "AR",
-    "dllm": "D-LLM",
-    "eagle2": "Eagle2",
-    "eagle2_dllm": "Eagle2+D-LLM",
-    "spadec_eagle2": "SpaDec",
-    "spadec_eagle2_prune": "SpaDec (prune)",
-    "spadec_eagle2_steer": "SpaDec (steer)",
-}
+from spadec.decoding.catalog import DENSE_METHODS, LABELS  # noqa: E402
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:

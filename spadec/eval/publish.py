@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from spadec.eval.figures import LABELS, layer_load_figure, quality_figure, speedup_figure
+from spadec.decoding.catalog import LABELS
+from spadec.eval.figures import layer_load_figure, quality_figure, speedup_figure
 from spadec.eval.formats import latex, markdown
 from spadec.eval.tables import load_records, quality_table, responses_table, speedup_table
 from spadec.io import atomic_path, write_text

@@ -31,9 +31,7 @@ def run_side_by_side(
     seed: int = 0,
 ) -> list[dict]:
     """One record per (prompt, method): ids, timings, counters and output ids."""
-    device = next(
-        models.target("dense" if models.dense is not None else "dllm").parameters()
-    ).device
+    device = models.device
 
     def one(method, ids, prompt_idx):
         gen = torch.Generator().manual_seed(seed * 100_003 + prompt_idx)
@@ -54,6 +52,7 @@ def run_side_by_side(
                 {
                     "prompt_id": prompt_id,
                     "method": method,
+                    "target": models.target_of(method),
                     "prompt_tokens": len(p),
                     "new_tokens": res.new_tokens,
                     "wall_s": res.wall_s,

@@ -5,8 +5,9 @@ the mean of per-prompt ratios of tokens/s (the paper's, with its standard deviat
 95 % interval of the mean) and the ratio of total tokens/s (long answers weigh more).
 Quality is agreement with `ar` (exact output, position-wise token agreement, and a
 token-sequence similarity for lossy methods) and with the method's own lossless
-reference: plain decoding of the same target (`ar` for dense methods, `dllm` for D-LLM
-methods), which greedy speculative decoding must reproduce exactly.
+reference: plain decoding of the same target (`ar` for dense methods, `dllm` for the
+baseline D-LLM's, `dllm_robust` for SpaDec's; `spadec.decoding.catalog`), which greedy
+speculative decoding must reproduce exactly.
 """
 
 from __future__ import annotations
@@ -18,21 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from spadec.decoding.catalog import (
+    DENSE_METHODS,
+    METHOD_ORDER,
+    default_target,
+    is_plain,
+    references,
+)
 from spadec.eval.speed import summarize
 from spadec.io import read_jsonl
 
 KEY = ["model", "bench", "method"]
-DENSE_METHODS = ("ar", "eagle2")
-# Display order (the paper's figure: baselines first, SpaDec last); unknown ones follow.
-METHOD_ORDER = (
-    "ar",
-    "dllm",
-    "eagle2",
-    "eagle2_dllm",
-    "spadec_eagle2",
-    "spadec_eagle2_prune",
-    "spadec_eagle2_steer",
-)
 REQUIRED = ("model", "bench", "method", "prompt_id", "new_tokens", "wall_s", "output_ids")
 
 
@@ -40,9 +37,18 @@ class RecordsError(ValueError):
     """Records are missing, malformed or lack the `ar` baseline."""
 
 
-def reference_method(method: str) -> str:
-    """The plain decoding a method must reproduce when greedy (its lossless reference)."""
-    return "ar" if method in DENSE_METHODS else "dllm"
+def reference_methods(group: pd.DataFrame) -> dict[str, str | None]:
+    """method -> its lossless reference among one model's records on one benchmark: the
+    plain method on the same target (records name it; older ones ran one D-LLM)."""
+    pairs = group.drop_duplicates("method")
+    if "target" in pairs:
+        targets = {
+            m: t if isinstance(t, str) else default_target(m)
+            for m, t in zip(pairs["method"], pairs["target"], strict=True)
+        }
+    else:
+        targets = {m: default_target(m) for m in pairs["method"]}
+    return references(targets)
 
 
 def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -120,14 +126,14 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
                 if "target_forwards" in g
                 else math.nan,
             }
-            row["tau"] = _mean_or(g, "tau", 1.0 if method in ("ar", "dllm") else math.nan)
+            row["tau"] = _mean_or(g, "tau", 1.0 if is_plain(method) else math.nan)
             dense = method in DENSE_METHODS
             row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
             row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
             if "draft_forwards" in g and g["draft_forwards"].notna().any():
                 row["draft_forwards_per_token"] = g["draft_forwards"].sum() / tokens
             else:
-                row["draft_forwards_per_token"] = 0.0 if method in ("ar", "dllm") else math.nan
+                row["draft_forwards_per_token"] = 0.0 if is_plain(method) else math.nan
             rows.append(row)
     return _order(pd.DataFrame(rows))
 
@@ -166,9 +172,13 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, bench, method): agreement with ar and with the lossless reference."""
     rows = []
     base = df[["model", "bench", "prompt_id", "method", "output_ids"]]
+    refs = {key: reference_methods(g) for key, g in df.groupby(KEY[:2], sort=False)}
     for (model, bench, method), g in df.groupby(KEY, sort=False):
         row = {"model": model, "bench": bench, "method": method, "prompts": len(g)}
-        for name, ref in (("ar", "ar"), ("reference", reference_method(method))):
+        reference = refs[(model, bench)][method]
+        for name, ref in (("ar", "ar"), ("reference", reference)):
+            if ref is None:
+                continue
             other = base[
                 (base["method"] == ref) & (base["model"] == model) & (base["bench"] == bench)
             ]
@@ -183,7 +193,7 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
             row[f"similarity_{name}"] = float(
                 sum(similarity(x, y) for x, y in zip(a, b, strict=True)) / len(pair)
             )
-        row["reference"] = reference_method(method)
+        row["reference"] = reference
         rows.append(row)
     return _order(pd.DataFrame(rows))
 

@@ -189,3 +189,24 @@ def test_eval_without_the_ar_baseline_is_refused():
     per_model = {"models": {"m": {"eval": {"methods": ["dllm"]}}}}
     with pytest.raises(ConfigError, match=r"model m\): must include 'ar'"):
         validate_config(per_model, check_paths=False)
+
+
+def test_two_dllms_each_with_only_its_own_router_input():
+    from spadec.config import dllm_variants
+
+    config = validate_config(load_yaml(REPO / "config.yaml"))
+    assert dllm_variants(config, "tiny") == ["dllm", "dllm_baseline"]
+    spadec_dllm = resolve_stage(config, "tiny", "dllm")
+    baseline = resolve_stage(config, "tiny", "dllm_baseline")
+    assert spadec_dllm["router_input_bits"] == 4 and baseline["router_input_bits"] is None
+    assert "baseline_router_input_bits" not in spadec_dllm | baseline
+    # everything else is shared: the two differ in the router input only
+    assert {k for k in baseline if baseline[k] != spadec_dllm[k]} == {"router_input_bits"}
+    # the baseline's router input does not touch SpaDec's D-LLM settings (no rerun)
+    changed = copy.deepcopy(config)
+    changed["dllm"]["baseline_router_input_bits"] = 8
+    assert resolve_stage(changed, "tiny", "dllm") == spadec_dllm
+    assert resolve_stage(changed, "tiny", "dllm_baseline")["router_input_bits"] == 8
+    # equal router inputs: one D-LLM serves every method
+    changed["dllm"]["baseline_router_input_bits"] = 4
+    assert dllm_variants(changed, "tiny") == ["dllm"]

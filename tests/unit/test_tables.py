@@ -164,6 +164,32 @@ def test_quality_against_ar_and_the_own_target(tmp_path):
     assert steer["similarity_reference"] == pytest.approx((1 + 2 * 3 / 7) / 2)
 
 
+def test_the_reference_is_the_plain_method_on_the_same_target(tmp_path):
+    """Records name their target: with a baseline D-LLM, eagle2_dllm's reference is dllm
+    and spadec_eagle2's dllm_robust; records without a target ran one D-LLM."""
+    records = [
+        rec("ar", "p1", 4, 1.0, [1, 2], target="dense"),
+        rec("dllm", "p1", 4, 1.0, [1, 3], target="dllm_baseline"),
+        rec("dllm_robust", "p1", 4, 1.0, [1, 4], target="dllm"),
+        rec("eagle2_dllm", "p1", 4, 0.5, [1, 3], tau=2.0, target="dllm_baseline"),
+        rec("spadec_eagle2", "p1", 4, 0.5, [1, 4], tau=2.0, target="dllm"),
+    ]
+    q = quality_table(load_records([records_file(tmp_path, records)])).set_index("method")
+    assert q.loc["eagle2_dllm", "reference"] == "dllm"
+    assert q.loc["spadec_eagle2", "reference"] == "dllm_robust"
+    assert (q.loc[["eagle2_dllm", "spadec_eagle2"], "exact_reference"] == 1.0).all()
+    assert q.loc["spadec_eagle2", "exact_ar"] == 0.0
+    speed = speedup_table(load_records([records_file(tmp_path, records)])).set_index("method")
+    assert speed.loc["dllm_robust", "tau"] == 1.0  # a plain method: one token per forward
+    old = [
+        {k: v for k, v in r.items() if k != "target"}
+        for r in records
+        if r["method"] != "dllm_robust"
+    ]
+    q = quality_table(load_records([records_file(tmp_path, old)])).set_index("method")
+    assert q.loc["spadec_eagle2", "reference"] == "dllm"
+
+
 def test_responses_table_shows_ar_next_to_spadec(tmp_path):
     records = hand_records() + [
         rec("spadec_eagle2", pid, 3, 1.0, [1], tau=1.0) for pid in ("p1", "p2")

@@ -64,6 +64,12 @@ def test_outputs_exist_and_load(finished_run):
     assert dllm["cache_vs_full_same_gates"] and dllm["cache_vs_full_max_abs_diff"] < 1e-4
     final = AutoModelForCausalLM.from_pretrained(finished_run / "results" / "micro" / "dllm" / "hf")
     assert type(final).__name__ == "DLLMLlamaForCausalLM"
+    # SpaDec's D-LLM has the multi-token robust router; the baseline D-LLM (the D-LLM and
+    # Eagle2+D-LLM bars) upstream's plain one, and its own evaluation
+    assert final.config.router_input_bits == 4
+    baseline = finished_run / "results" / "micro" / "dllm_baseline"
+    assert AutoModelForCausalLM.from_pretrained(baseline / "hf").config.router_input_bits is None
+    assert "heldout_ppl_dllm" in json.loads((baseline / "metrics.json").read_text())
     info = json.loads((base / "run_info.json").read_text())
     assert info["config_hash"] and info["wall_time_s"] > 0
     assert (finished_run / "logs" / "micro" / "prepare_base.log").is_file()
@@ -74,7 +80,7 @@ def test_eagle_stage_outputs(finished_run):
     from spadec.eagle.head import load_head
 
     eagle = finished_run / "results" / "micro" / "eagle"
-    for target in ("dense", "dllm"):
+    for target in ("dense", "dllm", "dllm_baseline"):
         distilled = (eagle / target / "distill" / "distill.jsonl").read_text().splitlines()
         assert len(distilled) == 16  # every distill prompt answered by the target itself
         shards = [eagle / target / "data" / f"shard_{i}" for i in range(2)]
@@ -87,20 +93,25 @@ def test_eagle_stage_outputs(finished_run):
     pm = json.loads((predictor / "model" / "metrics.json").read_text())
     assert pm["layer_k"] == 2 and 0 <= pm["train"]["auc"] <= 1
     evals = finished_run / "results" / "micro" / "eval" / "heldout"
-    bench = json.loads((evals / "metrics.json").read_text())["vs_own_target"]
+    metrics = json.loads((evals / "metrics.json").read_text())
+    bench = metrics["vs_own_target"]
     assert set(bench) == {
         "ar",
         "dllm",
+        "dllm_robust",  # added as spadec_eagle2's lossless reference
         "eagle2",
         "eagle2_dllm",
         "spadec_eagle2",
         "spadec_eagle2_steer",
     }
-    # greedy speculative decoding is lossless on the trained micro models (prune mode too)
+    assert metrics["targets"]["eagle2_dllm"] == "dllm_baseline"
+    assert metrics["targets"]["spadec_eagle2"] == "dllm"
+    # greedy speculative decoding is lossless on the trained micro models (prune mode
+    # too), each against the plain decoding of its own target
     for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
         assert bench[method]["same_output_as_baseline"] == 1.0, method
     records = [json.loads(line) for line in (evals / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 6  # 2 prompts x 6 methods, one record per turn
+    assert len(records) == 2 * 7  # 2 prompts x 7 methods, one record per turn
     assert {r["model"] for r in records} == {"micro"} and all("output_text" in r for r in records)
 
 
@@ -109,18 +120,20 @@ def test_tables_figures_and_report(finished_run):
 
     tables = finished_run / "results" / "tables"
     speed = pd.read_csv(tables / "speedup.csv").set_index("method")
-    assert len(speed) == 6 and set(speed["model"]) == {"micro"}
+    assert len(speed) == 7 and set(speed["model"]) == {"micro"}
     assert speed.loc["ar", "speedup"] == pytest.approx(1.0)
     assert (speed["speedup"] > 0).all() and (speed["prompts"] == 2).all()
     assert speed.loc["eagle2", "tau"] >= 1.0
     quality = pd.read_csv(tables / "quality.csv").set_index("method")
     for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
         assert quality.loc[method, "exact_reference"] == 1.0, method
+    assert quality.loc["spadec_eagle2", "reference"] == "dllm_robust"
+    assert quality.loc["eagle2_dllm", "reference"] == "dllm"
     assert "| micro | heldout |" in (tables / "speedup.md").read_text()
     assert r"\begin{tabular}" in (tables / "speedup.tex").read_text()
     assert (tables / "responses.md").read_text().count("| micro | heldout |") == 2
     run_info = json.loads((tables / "run_info.json").read_text())
-    assert run_info["records"][0]["records"] == 12
+    assert run_info["records"][0]["records"] == 14
     for name in ("speedup.png", "quality.png", "layer_load.png"):
         assert (finished_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
     report = finished_run / "report.html"
@@ -141,15 +154,10 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
     evaluation = {"eval_speed": 1, "tables": 1}
     predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, **evaluation}
-    eagle_on_both = {"distill": 2, "eagle_data": 4, "train_eagle": 2, **predictor_and_eval}
-    dllm_and_after = {
-        "finetune_dllm": 1,
-        "merge_lora": 1,
-        "convert_hf": 1,
-        "eval_dllm": 1,
-        "all": 1,
-        **eagle_on_both,
-    }
+    # three targets: dense, SpaDec's D-LLM and the baseline D-LLM
+    eagle_on_all = {"distill": 3, "eagle_data": 6, "train_eagle": 3, **predictor_and_eval}
+    both_dllms = {"finetune_dllm": 2, "merge_lora": 2, "convert_hf": 2, "eval_dllm": 2}
+    dllm_and_after = {**both_dllms, "all": 1, **eagle_on_all}
     jobs = _jobs(snakemake(finished_run, "-n", config=changed).stdout)
     assert jobs == {"stage_config": 1, "prepare_base": 1, **dllm_and_after}
     data_change = tmp_path / "data.yaml"
@@ -165,14 +173,35 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
         MICRO_CONFIG.read_text().replace("router_hidden: 16", "router_hidden: 12")
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=dllm_change).stdout)
-    # the dense target's EAGLE head does not depend on the D-LLM
-    eagle_on_dllm = {"distill": 1, "eagle_data": 2, "train_eagle": 1, **predictor_and_eval}
-    assert jobs == {"stage_config": 1, **dllm_and_after, **eagle_on_dllm}
+    # the dense target's EAGLE head does not depend on the D-LLMs
+    eagle_on_dllms = {"distill": 2, "eagle_data": 4, "train_eagle": 2, **predictor_and_eval}
+    assert jobs == {"stage_config": 2, **both_dllms, "all": 1, **eagle_on_dllms}
+    # the baseline's router input reruns the baseline D-LLM and its head, not SpaDec's
+    # D-LLM nor the predictor trained on it
+    baseline_change = tmp_path / "baseline.yaml"
+    baseline_change.write_text(
+        MICRO_CONFIG.read_text().replace(
+            "router_hidden: 16", "router_hidden: 16\n  baseline_router_input_bits: 8"
+        )
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=baseline_change).stdout)
+    one_dllm = {"finetune_dllm": 1, "merge_lora": 1, "convert_hf": 1, "eval_dllm": 1}
+    eagle_on_one = {"distill": 1, "eagle_data": 2, "train_eagle": 1}
+    assert jobs == {"stage_config": 1, **one_dllm, **eagle_on_one, **evaluation, "all": 1}
+    # with equal router inputs one D-LLM serves every method: only the evaluation reruns
+    one_change = tmp_path / "one.yaml"
+    one_change.write_text(
+        MICRO_CONFIG.read_text().replace(
+            "router_hidden: 16", "router_hidden: 16\n  baseline_router_input_bits: 4"
+        )
+    )
+    jobs = _jobs(snakemake(finished_run, "-n", config=one_change).stdout)
+    assert jobs == {**evaluation, "all": 1}
     # EAGLE knobs rerun only the rules that read them (per-part settings files).
     train_change = tmp_path / "train.yaml"
     train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-2", "lr: 2.0e-2"))
     jobs = _jobs(snakemake(finished_run, "-n", config=train_change).stdout)
-    assert jobs == {"stage_config": 1, "train_eagle": 2, **predictor_and_eval, "all": 1}
+    assert jobs == {"stage_config": 1, "train_eagle": 3, **predictor_and_eval, "all": 1}
     tree_change = tmp_path / "tree.yaml"
     tree_change.write_text(MICRO_CONFIG.read_text().replace("top_k: 2", "top_k: 3"))
     jobs = _jobs(snakemake(finished_run, "-n", config=tree_change).stdout)
@@ -200,7 +229,7 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     assert jobs == {"stage_config": 1, "tables": 1, "all": 1}
 
 
-@pytest.mark.parametrize("method", ["ar", "eagle2", "spadec_eagle2"])
+@pytest.mark.parametrize("method", ["ar", "eagle2", "eagle2_dllm", "spadec_eagle2"])
 def test_spadec_generate_prints_the_counters(finished_run, method):
     import sys
 
