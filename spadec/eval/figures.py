@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from spadec.decoding.catalog import DENSE_METHODS, LABELS  # noqa: E402
+from spadec.decoding.catalog import DENSE_METHODS, LABELS, is_plain  # noqa: E402
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -79,14 +79,14 @@ def quality_figure(quality: pd.DataFrame, path: str | Path) -> None:
 
 def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
     """Per model: share of target forwards that used each layer's weights, for the D-LLM
-    methods (plain D-LLM: its per-token execution rate)."""
+    methods (plain D-LLM decoding: its per-token execution rate)."""
     models = list(dict.fromkeys(records["model"]))
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sub = records[records["model"] == model]
         styles = iter([("-", 7), ("--", 5), (":", 4), ("-.", 3)] * 2)
         for method in dict.fromkeys(sub["method"]):
-            col = "layer_execution_rate" if method == "dllm" else "layer_load_per_layer"
+            col = "layer_execution_rate" if is_plain(method) else "layer_load_per_layer"
             rows = sub[sub["method"] == method]
             if col not in rows or rows[col].isna().all() or method in DENSE_METHODS:
                 continue
