@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from spadec.decoding.catalog import DENSE_METHODS, LABELS, is_plain  # noqa: E402
+from spadec.decoding.catalog import DENSE_METHODS, LABELS, METHOD_ORDER, is_plain  # noqa: E402
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -84,14 +84,18 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sub = records[records["model"] == model]
-        styles = iter([("-", 7), ("--", 5), (":", 4), ("-.", 3)] * 2)
-        for method in dict.fromkeys(sub["method"]):
+        # distinct line styles, markers shrinking in drawing order: identical curves (the
+        # same layers skipped) stay visible
+        styles = iter(
+            zip(["-", "--", ":", "-.", "-", "--", ":", "-."], range(9, 1, -1), strict=True)
+        )
+        rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+        for method in sorted(dict.fromkeys(sub["method"]), key=lambda m: rank.get(m, len(rank))):
             col = "layer_execution_rate" if is_plain(method) else "layer_load_per_layer"
             rows = sub[sub["method"] == method]
             if col not in rows or rows[col].isna().all() or method in DENSE_METHODS:
                 continue
             per_layer = pd.DataFrame(rows[col].dropna().tolist()).mean(0)
-            # distinct line styles: identical curves (the same layers skipped) stay visible
             style, size = next(styles)
             ax.plot(
                 per_layer.index,
