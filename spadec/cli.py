@@ -82,7 +82,7 @@ def cmd_generate(args) -> int:
     results = Path(args.results) if args.results else None
     paths = {k: str(v) for k, v in results_paths(results).items()} if results else {}
     explicit = {
-        "base": args.base,
+        "dense": args.base,
         "dllm": args.dllm,
         "dllm_baseline": args.dllm_baseline,
         "head_dense": args.head_dense,
@@ -91,7 +91,6 @@ def cmd_generate(args) -> int:
         "predictor": args.predictor,
     }
     paths.update({k: v for k, v in explicit.items() if v})
-    paths["dense"] = paths.pop("base", None)
     models = Models.load([args.method], paths, args.dtype, ats_mode=args.ats_mode)
     tok = models.tokenizer
     ids = torch.tensor([prompt_ids(tok, args.prompt)], device=models.device)

@@ -27,6 +27,7 @@ paths = {
     k.replace("-", "_"): getattr(args, k.replace("-", "_"))
     for k in (*MODEL_ARGS, "predictor", "data")
 }
+paths["dense"] = paths.pop("base")  # the base model is the `dense` target
 metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths)
 with atomic_dir(args.out) as tmp:
     write_json(tmp / "metrics.json", metrics)

@@ -20,6 +20,7 @@ import torch
 from spadec.decoding.autoregressive import DecodeResult, greedy_decode
 from spadec.decoding.catalog import (
     ATS_VARIANTS,
+    TARGETS,
     base_method,
     method_info,
     resolve_target,
@@ -94,15 +95,14 @@ class Models:
         missing = sorted(k for k in needed if not paths.get(k))
         if missing:
             raise ValueError(f"methods {methods} need a path for: {', '.join(missing)}")
-        for name in sorted(needed - {"predictor"}, key=lambda k: k.startswith("head_")):
-            if name.startswith("head_"):
-                target = models.targets[name.removeprefix("head_")]
-                dev = next(target.parameters()).device
-                models.heads[name.removeprefix("head_")] = load_head(paths[name], target.dtype, dev)
-            else:
-                model, tok = load_target(paths[name], dtype, device)
-                models.targets[name] = model
-                models.tokenizer = models.tokenizer or tok
+        for name in sorted(needed & set(TARGETS)):
+            model, tok = load_target(paths[name], dtype, device)
+            models.targets[name] = model
+            models.tokenizer = models.tokenizer or tok
+        for name in sorted(t for t in TARGETS if f"head_{t}" in needed):
+            target = models.targets[name]
+            dev = next(target.parameters()).device
+            models.heads[name] = load_head(paths[f"head_{name}"], target.dtype, dev)
         if "predictor" in needed:
             models.predictor = load_predictor(paths["predictor"], models.device)
         return models

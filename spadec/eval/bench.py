@@ -20,12 +20,12 @@ from spadec.io import read_jsonl
 
 
 def results_paths(results: str | Path) -> dict[str, Path]:
-    """The models, heads, predictor and data of one model's results folder
-    (results/{model}), as evaluate_bench takes them; the baseline D-LLM is named only
-    when the run trained one."""
+    """The models (by target name), heads, predictor and data of one model's results
+    folder (results/{model}), as evaluate_bench and Models.load take them; the baseline
+    D-LLM is named only when the run trained one."""
     res = Path(results)
     paths = {
-        "base": res / "base",
+        "dense": res / "base",
         "dllm": res / "dllm" / "hf",
         "head_dense": res / "eagle" / "dense" / "head",
         "head_dllm": res / "eagle" / "dllm" / "head",
@@ -45,7 +45,7 @@ def own_baselines(models: Models, methods: list[str]) -> dict[str, str]:
     return {m: "ar" if is_plain(m) else refs[m] for m in methods if m != "ar"}
 
 
-def bench_methods(speed: dict, ats_mode: str, separate_baseline: bool) -> list[str]:
+def bench_methods(speed: dict, ats_mode: str, separate: bool) -> list[str]:
     """The methods an eval_speed job runs: the configured ones, spadec_eagle2 in the
     other ATS mode when `compare_ats_modes` asks for it, and the plain decoding of every
     target they run on (each lossless method's reference)."""
@@ -53,7 +53,7 @@ def bench_methods(speed: dict, ats_mode: str, separate_baseline: bool) -> list[s
     if speed["compare_ats_modes"] and "spadec_eagle2" in methods:
         other = "steer" if ats_mode == "prune" else "prune"
         methods.append(f"spadec_eagle2_{other}")
-    return with_references(methods, separate_baseline)
+    return with_references(methods, separate)
 
 
 def load_prompts(data_dir: str | Path, bench: str) -> list[dict]:
@@ -81,15 +81,14 @@ def evaluate_bench(
     """(metrics, per-turn records) of one model on one benchmark.
 
     `speed` = eval.speed settings, `decode` = eagle.decode (dtype, tree), `ats` =
-    predictor.decode; `paths` names base, dllm, dllm_baseline, head_dense, head_dllm,
+    predictor.decode; `paths` names dense, dllm, dllm_baseline, head_dense, head_dllm,
     head_dllm_baseline, predictor and data (the baseline D-LLM and its head may be
     missing or equal to dllm's: then one D-LLM serves every method). `max_prompts` cuts
     the benchmark further (benchmarks/ sweeps)."""
-    model_paths = {"dense": paths["base"], **{k: v for k, v in paths.items() if k != "base"}}
-    methods = bench_methods(speed, ats["ats_mode"], separate_baseline(model_paths))
+    methods = bench_methods(speed, ats["ats_mode"], separate_baseline(paths))
     models = Models.load(
         methods,
-        model_paths,
+        paths,
         decode["dtype"],
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
