@@ -92,13 +92,23 @@ def micro_config() -> dict:
     return validate_config(load_yaml(MICRO_CONFIG))
 
 
+# How long each step of a job that kill_after_checkpoint kills lasts at least: the steps
+# left after the checkpoint then take far longer than the 20 ms poll, so the kill falls
+# before the job's end however fast the machine computes them.
+KILLED_JOB_STEP_S = 0.25
+
+
 def kill_after_checkpoint(
     cmd: list[str], state_file: Path, env: dict, timeout: float = 300
 ) -> None:
-    """Start a training job, SIGKILL it as soon as `state_file` (a complete checkpoint) exists."""
+    """Start a training job, its steps paced (spadec.pacing), and SIGKILL it as soon as
+    `state_file` (a complete checkpoint) exists."""
     import signal
     import time
 
+    from spadec.pacing import ENV_VAR
+
+    env = {**env, ENV_VAR: str(KILLED_JOB_STEP_S)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not state_file.exists():

@@ -22,6 +22,7 @@ from spadec.checkpoint import latest_checkpoint, save_checkpoint
 from spadec.config import config_hash
 from spadec.io import read_jsonl
 from spadec.logs import progress
+from spadec.pacing import paced
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: i
         total=p["steps"],
         disable=not accel.is_local_main_process,
     )
-    for step in bar:
+    for step in paced(bar):
         batch = sample_batch(
             streams,
             p["batch_size"],

@@ -24,6 +24,7 @@ from spadec.dllm.build import dllm_from_base
 from spadec.dllm.data import IGNORE, collate, encode_example
 from spadec.io import atomic_dir, read_jsonl, write_json
 from spadec.logs import progress
+from spadec.pacing import paced
 from spadec.provenance import RunInfo
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def finetune(
         total=total,
         disable=not accel.is_local_main_process,
     )
-    for step in bar:
+    for step in paced(bar):
         epoch, pos = divmod(step, steps_per_epoch)
         order = list(range(len(examples)))
         random.Random(seed * 7919 + epoch).shuffle(order)

@@ -37,6 +37,7 @@ from spadec.eagle.head import EagleHead, head_config_for, save_head
 from spadec.eagle.losses import combined_loss, head_losses
 from spadec.io import read_json
 from spadec.logs import progress
+from spadec.pacing import paced
 from spadec.provenance import RunInfo
 
 log = logging.getLogger(__name__)
@@ -395,7 +396,7 @@ def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settin
         total=plan.total,
         disable=plan.rank != 0,
     )
-    for step in bar:
+    for step in paced(bar):
         for a in range(plan.accum):
             k = step * plan.accum + a
             epoch, pos = divmod(k, plan.micro_per_epoch)

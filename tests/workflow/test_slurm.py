@@ -6,8 +6,9 @@ Three runs start together:
   submitted, run inside its allocation and finished, the GPU requests on the GPU partition;
   its outputs are compared with the session's local run of the same DAG (profiles/ci);
 - a job that fails (its settings file is garbage): reported as failed;
-- prepare_base (on ready-made data) with more steps than fit in its 1-minute limit: killed
-  by SLURM, resubmitted with 3 minutes, resumed from its own checkpoint.
+- prepare_base (on ready-made data), its steps paced by the clock, with more of them than fit
+  in its 2-minute limit: killed by SLURM, resubmitted with 8 minutes, resumed from its own
+  checkpoint.
 The fake GPUs have no CUDA behind them: jobs compute on the CPU.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spadec.pacing import ENV_VAR as PACING_ENV_VAR
 from tests.conftest import MICRO_CONFIG, REPO, run, tool
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -39,13 +41,23 @@ SLURM_ENV = {
     "SPADEC_SLURM_PARTITION": "cpu",
     "SPADEC_SLURM_GPU_PARTITION": "gpu",
 }
-# Walltime run: ~110 s of pre-training at ~44 steps/s (2 cores; 35 seen). SLURM kills a
-# 1-minute job 60-90 s after it starts (its limit check runs every 30 s), so the first
-# attempt cannot finish however the check falls, even on a machine 1/4 faster; the second
-# (3 minutes) could redo all of it.
-WALLTIME_STEPS = 4800
-WALLTIME_CKPT_EVERY = 100
-RUN_TIMEOUT_S = 420
+# Walltime run: prepare_base with each step paced to last >= WALLTIME_STEP_S
+# (SPADEC_MIN_STEP_SECONDS; a micro step computes in 25-80 ms on 2 cores), so how far it gets
+# in a given time is bounded by the clock, not by the machine's speed. Its 480 steps need
+# >= 240 s. Attempt 1 (2 minutes) is ended by SLURM 120-155 s after it starts (the limit
+# check runs every 30 s, KillWait 5 s): <= 310 steps, never the end; it has checkpointed
+# (every 10 s of steps) unless its start-up took over 110 s. Attempt 2 (8 minutes) has
+# <= 230 s of steps left: room for a start-up of minutes, on any machine whose micro step
+# computes in under 0.5 s. While it sleeps it leaves the cores to the whole-DAG run.
+WALLTIME_STEP_S = 0.5
+WALLTIME_STEPS = 480
+WALLTIME_CKPT_EVERY = 20
+WALLTIME_RUNTIME_MIN = "6 * attempt - 4"  # 2, then 8
+# A guard against a hang, not a speed test. On an idle 2-core machine the three runs take
+# ~6 minutes together (the walltime run >= 240 s of paced steps plus two start-ups and
+# SLURM's polling, the whole DAG ~5-6 minutes beside it): the deadline leaves a machine
+# several times slower room to finish.
+RUN_TIMEOUT_S = 1800
 
 
 def _unavailable(reason: str):
@@ -247,15 +259,14 @@ def runs(slurm_cluster, micro_data, micro_config, micro_run, tmp_path_factory) -
                 _walltime_config(root / "walltime.yaml"),
                 "--until",
                 "prepare_base",
-                # attempt-scaled like the rule's own 120 * attempt, in CI-sized minutes:
-                # 1, then 3 (the retry fits even if the first attempt saved nothing)
-                *_set_resources(prepare_base={"gpu": 1, "runtime": "2 * attempt - 1"}),
+                # attempt-scaled like the rule's own 120 * attempt, in CI-sized minutes
+                *_set_resources(prepare_base={"gpu": 1, "runtime": WALLTIME_RUNTIME_MIN}),
                 # one core: the other one is the whole-DAG run's
                 "--set-threads",
                 "prepare_base=1",
                 slurm=True,
             ),
-            SLURM_ENV,
+            {**SLURM_ENV, PACING_ENV_VAR: str(WALLTIME_STEP_S)},
         ),
         "failing": Run(
             "failing",
@@ -398,6 +409,8 @@ def test_slurm_outputs_match_a_local_run(runs):
         elif rel.suffix in (".png", ".md", ".tex") and rel.parts[0] in ("tables", "figures"):
             # timings are printed in them: their numbers are checked through the CSVs
             assert (a / rel).stat().st_size > 0, rel
+        elif rel.suffix == ".png":  # drawn from a metrics.json compared above
+            assert (a / rel).read_bytes()[:4] == b"\x89PNG", rel
         else:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
@@ -423,8 +436,8 @@ def test_a_job_killed_at_its_time_limit_resumes_from_its_checkpoint(runs):
     attempts = [(job_id, call) for _, job_id, call in submitted]
     (first, first_call), (second, second_call) = attempts
     # --retries from the profile, runtime scaled by the attempt
-    assert " -t 1 " in first_call and "--attempt 1 " in first_call
-    assert " -t 3 " in second_call and "--attempt 2 " in second_call
+    assert " -t 2 " in first_call and "--attempt 1 " in first_call
+    assert " -t 8 " in second_call and "--attempt 2 " in second_call
     state = _squeue([first, second])
     assert state[first]["State"] == "TIMEOUT" and state[second]["State"] == "COMPLETED", state
     assert f"SLURM-job '{first}' failed, SLURM status is: 'TIMEOUT'" in walltime.output
