@@ -82,7 +82,13 @@ rule eval_dllm:
         dllm="results/{model}/{dllm}/hf",
         data="results/{model}/data",
     output:
-        "results/{model}/{dllm}/metrics.json",
+        metrics="results/{model}/{dllm}/metrics.json",
+        routing=report(
+            "results/{model}/{dllm}/routing.png",
+            caption="../report/routing.rst",
+            category="D-LLM routing",
+            labels={"model": "{model}", "D-LLM": "{dllm}"},
+        ),
     log:
         "logs/{model}/eval_{dllm}.log",
     benchmark:
@@ -98,4 +104,5 @@ rule eval_dllm:
         script=script("eval_dllm"),
     shell:
         "$SPADEC_PY {params.script} --config {input.cfg} --base {input.base}"
-        " --dllm {input.dllm} --data {input.data} --out {output} > {log} 2>&1"
+        " --dllm {input.dllm} --data {input.data} --out {output.metrics}"
+        " --figure {output.routing} > {log} 2>&1"

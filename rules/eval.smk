@@ -67,6 +67,12 @@ rule tables:
             caption="../report/responses.rst",
             category="Tables",
         ),
+        ablation_csv="results/tables/ablation.csv",
+        ablation_md=report(
+            "results/tables/ablation.md",
+            caption="../report/ablation.rst",
+            category="Tables",
+        ),
         speedup_png=report(
             "results/figures/speedup.png",
             caption="../report/speedup.rst",

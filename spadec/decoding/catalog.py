@@ -36,6 +36,9 @@ METHODS = {
     "dllm_robust": Method("dllm", None, "D-LLM (robust router)"),
     "eagle2": Method("dense", "dense", "Eagle2"),
     "eagle2_dllm": Method("dllm_baseline", "dllm_baseline", "Eagle2+D-LLM"),
+    # the ablation's cell "robust router, every tree token votes": SpaDec's target and head
+    # without the predictor, to separate what the router saves from what ATS saves
+    "eagle2_dllm_robust": Method("dllm", "dllm", "Eagle2+D-LLM (robust router)"),
     "spadec_eagle2": Method("dllm", "dllm", "SpaDec"),
 }
 # `spadec_eagle2` runs the configured ATS mode; these name a mode explicitly.
@@ -44,6 +47,13 @@ LABELS = {
     **{name: m.label for name, m in METHODS.items()},
     "spadec_eagle2_prune": "SpaDec (prune)",
     "spadec_eagle2_steer": "SpaDec (steer)",
+}
+# How each tree method's target forward decides whether a layer runs (the ablation table).
+VERIFICATION = {
+    "eagle2_dllm": "all tokens vote",
+    "eagle2_dllm_robust": "all tokens vote",
+    "spadec_eagle2_prune": "ATS prune",
+    "spadec_eagle2_steer": "ATS steer",
 }
 # Display order (the paper's figure: baselines first, SpaDec last); unknown ones follow.
 METHOD_ORDER = (*METHODS, *ATS_VARIANTS)

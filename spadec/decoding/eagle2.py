@@ -40,6 +40,8 @@ class StepStats:
     verified: list[int] = field(default_factory=list)  # tokens in each target forward
     layer_runs: list[list[bool]] = field(default_factory=list)  # per step, per layer
     path_gates: list[torch.Tensor] = field(default_factory=list)  # [a+1, L] per step
+    # per step, per layer whose routers were consulted: did the verified tokens disagree?
+    splits: list[bool] = field(default_factory=list)
 
     def summary(self, num_layers: int) -> dict:
         steps = len(self.accepted)
@@ -57,6 +59,10 @@ class StepStats:
             out["layer_load_per_layer"] = [round(x, 4) for x in runs.mean(0).tolist()]
             out["whole_layer_skip_rate"] = [round(1 - x, 4) for x in runs.mean(0).tolist()]
             out["executed_share"] = gates.mean().item()
+            if self.splits:
+                # how often one tree's tokens want different things of a layer: what a
+                # multi-token robust router is meant to lower
+                out["tree_router_split_rate"] = sum(self.splits) / len(self.splits)
             # share of accepted drafts at each depth, given the previous depth was accepted
             depth_hits = [
                 sum(a >= d for a in self.accepted)
@@ -193,6 +199,7 @@ def speculative_decode(
         stats.accepted.append(acc.accepted)
         stats.verified.append(int(tp.nodes.numel()))
         stats.layer_runs.append(list(tp.layer_ran))
+        stats.splits.extend(split for split in tp.split if split is not None)
         stats.path_gates.append(gate_matrix(tp)[acc.path])
         drafted = compiled.tokens[acc.path[1:]]
         out.extend(drafted.tolist())

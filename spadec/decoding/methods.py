@@ -7,6 +7,9 @@ dllm_robust   SpaDec's D-LLM (robust routers), one token per forward
 eagle2        EAGLE-2 tree drafted by the dense target's head, dense verification
 eagle2_dllm   EAGLE-2 on the baseline D-LLM with its own head (a layer runs if any
               verified token wants it)
+eagle2_dllm_robust
+              EAGLE-2 on SpaDec's D-LLM with its head, every verified token votes
+              (the ablation's robust-router row without ATS)
 spadec_eagle2 EAGLE-2 on SpaDec's D-LLM: pre-run K layers, predictor, ATS
 """
 
@@ -126,11 +129,11 @@ def run_method(
         )
     if info.plain:
         return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
-    verify = verify_all_layers
+    verify, mode = verify_all_layers, None
     if base_method(method) == "spadec_eagle2":
         mode = ATS_VARIANTS.get(method, models.ats_mode)
         verify = spadec_verify_step(models.predictor, mode, models.acc_length)
-    return eagle2_decode(
+    result = eagle2_decode(
         target,
         models.head(info.head),
         input_ids,
@@ -141,3 +144,6 @@ def run_method(
         generator,
         verify_step=verify,
     )
+    if mode is not None:
+        result.extra["ats_mode"] = mode
+    return result

@@ -40,6 +40,8 @@ class TreePass:
     gates: list[torch.Tensor | None] = field(default_factory=list)  # per layer: [num_nodes]
     executed: list[torch.Tensor | None] = field(default_factory=list)  # per layer: node ids
     layer_ran: list[bool] = field(default_factory=list)
+    # per layer: None (no router consulted) or whether the pass's tokens disagreed about it
+    split: list[bool | None] = field(default_factory=list)
 
 
 def is_dynamic_model(model) -> bool:
@@ -75,6 +77,7 @@ def start_pass(
         gates=[None] * num_layers,
         executed=[None] * num_layers,
         layer_ran=[False] * num_layers,
+        split=[None] * num_layers,
     )
 
 
@@ -125,6 +128,7 @@ def run_layers(
             run = None  # every token
         else:
             run = w.nonzero().flatten()  # the one host sync of this layer
+            tp.split[i] = 0 < run.numel() < n
             silent = run.numel() == 0 or (voters is not None and not bool(voters[run].any()))
             if silent:
                 tp.gates[i] = full.index_put((tp.nodes,), torch.zeros_like(w))

@@ -12,7 +12,9 @@ import torch
 from spadec.base.chat import dialogue_text, prompt_ids
 from spadec.decoding.autoregressive import greedy_decode
 from spadec.dllm.cache import LayerSkipCache
+from spadec.dllm.data import IGNORE, encode_example
 from spadec.dllm.inference import dllm_decode, forward_step
+from spadec.dllm.routing import routing_measures
 from spadec.io import read_jsonl
 from spadec.logs import progress
 
@@ -20,9 +22,15 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def score(model, sequences: list[list[int]], is_dllm: bool) -> dict:
-    """Perplexity over the sequences; for a D-LLM also the gates of every scored token."""
+def score(
+    model, sequences: list[list[int]], is_dllm: bool, answer_starts: list[int] | None = None
+) -> dict:
+    """Perplexity over the sequences; for a D-LLM also the executed shares of every scored
+    token, and the routing measures of the answer tokens (from `answer_starts[i]` on, past
+    the reserved initials): the tokens training holds at the target share and decoding
+    generates (prompt tokens are free to run every layer)."""
     nll, count, gates = 0.0, 0, []
+    starts = answer_starts or [0] * len(sequences)
     for seq in progress(sequences, desc="score", leave=False):
         ids = torch.tensor([seq], device=next(model.parameters()).device)
         out = model(input_ids=ids)
@@ -36,6 +44,11 @@ def score(model, sequences: list[list[int]], is_dllm: bool) -> dict:
         g = torch.cat(gates)
         result["executed_share"] = g.mean().item()
         result["layer_execution_rate"] = [round(x, 4) for x in g.mean(0).tolist()]
+        reserve = model.config.reserve_initials
+        routed = torch.cat(
+            [g[max(reserve, start) :] for g, start in zip(gates, starts, strict=True)]
+        )
+        result["routing"] = routing_measures(routed, model.config.dynamic_layers())
     return result
 
 
@@ -58,28 +71,40 @@ def cache_consistency(model, prompt: torch.Tensor, continuation: list[int]) -> d
     }
 
 
+def heldout_dialogues(
+    tokenizer, data_dir: Path, window: int, max_tokens: int
+) -> tuple[list[list[int]], list[int]]:
+    """Chat-formatted held-out pairs (each cut to `window` tokens, up to `max_tokens` in
+    all) and where each one's answer starts."""
+    seqs, starts, total = [], [], 0
+    for rec in read_jsonl(Path(data_dir) / "sft_heldout.jsonl"):
+        ids = tokenizer(dialogue_text(tokenizer, rec), add_special_tokens=False)["input_ids"]
+        seqs.append(ids[:window])
+        example = encode_example(tokenizer, rec, window)  # labels mark the last answer
+        labels = example["labels"] if example else []
+        starts.append(next((i for i, t in enumerate(labels) if t != IGNORE), len(seqs[-1])))
+        total += len(seqs[-1])
+        if total >= max_tokens:
+            break
+    return seqs, starts
+
+
 def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) -> dict:
     data_dir = Path(data_dir)
     ev = settings["eval"]
     dense.eval()
     dllm.eval()
-    window = ev["max_seq_len"]
-    seqs, total = [], 0
-    for rec in read_jsonl(data_dir / "sft_heldout.jsonl"):
-        ids = tokenizer(dialogue_text(tokenizer, rec), add_special_tokens=False)["input_ids"][
-            :window
-        ]
-        seqs.append(ids)
-        total += len(ids)
-        if total >= ev["max_ppl_tokens"]:
-            break
+    seqs, starts = heldout_dialogues(tokenizer, data_dir, ev["max_seq_len"], ev["max_ppl_tokens"])
     dense_score = score(dense, seqs, is_dllm=False)
-    dllm_score = score(dllm, seqs, is_dllm=True)
+    dllm_score = score(dllm, seqs, is_dllm=True, answer_starts=starts)
     log.info(
-        "held-out perplexity: dense %.2f, D-LLM %.2f (executed share %.3f)",
+        "held-out perplexity: dense %.2f, D-LLM %.2f (executed share %.3f); "
+        "%d of %d dynamic layers token-dependent",
         dense_score["perplexity"],
         dllm_score["perplexity"],
         dllm_score["executed_share"],
+        dllm_score["routing"]["token_dependent_layers"],
+        dllm_score["routing"]["dynamic_layers"],
     )
 
     prompts = read_jsonl(data_dir / "eval_heldout.jsonl")[: ev["decode_prompts"]]
@@ -119,6 +144,7 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
         "executed_share": round(dllm_score["executed_share"], 4),
         "target_share": dllm.config.target_share,
         "layer_execution_rate": dllm_score["layer_execution_rate"],
+        "routing": dllm_score["routing"],
         "decode_executed_share": round(sum(decode_shares) / len(decode_shares), 4),
         "greedy_tokens_per_s_dense": round(dense_tps, 2),
         "greedy_tokens_per_s_dllm": round(dllm_tps, 2),

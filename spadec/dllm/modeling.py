@@ -111,12 +111,15 @@ class DLLMMixin:
         hidden: torch.Tensor,
         position_ids: torch.Tensor,
         force_execute: bool = False,
+        router_noise: float = 1.0,
     ) -> torch.Tensor:
-        """Decisions w in {0, 1} for every token ([B, L], float): 1 executes the layer."""
+        """Decisions w in {0, 1} for every token ([B, L], float): 1 executes the layer.
+        In training they are Gumbel samples with the noise scaled by `router_noise`."""
         if force_execute or not self.is_dynamic(layer_idx):
             return torch.ones(hidden.shape[:2], device=hidden.device)
         logits = self.model.layers[layer_idx].router(hidden)
-        w = gumbel_decision(logits) if self.training else hard_decision(logits)
+        train = self.training
+        w = gumbel_decision(logits, noise=router_noise) if train else hard_decision(logits)
         reserved = position_ids < self.config.reserve_initials
         return torch.where(reserved, torch.ones_like(w), w)
 
@@ -127,9 +130,11 @@ class DLLMMixin:
         position_ids=None,
         labels=None,
         force_execute: bool = False,
+        router_noise: float = 1.0,
         **kwargs,
     ) -> DLLMOutput:
-        """Whole sequences, no cache (training, scoring). `force_execute` runs every layer."""
+        """Whole sequences, no cache (training, scoring). `force_execute` runs every layer;
+        `router_noise` scales the training decisions' Gumbel noise (spadec.dllm.router)."""
         bsz, length = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device)[None].expand(bsz, -1)
@@ -139,7 +144,7 @@ class DLLMMixin:
         mask = causal_mask(length, hidden.dtype, hidden.device, attention_mask)
         gates = []
         for i, layer in enumerate(body.layers):
-            w = self.gate(i, hidden, position_ids, force_execute)
+            w = self.gate(i, hidden, position_ids, force_execute, router_noise)
             keep = None if (force_execute or not self.is_dynamic(i)) else w
             x_norm = layer.input_layernorm(hidden)
             mid = hidden + layer_attention(layer, x_norm, cos, sin, keep, mask)

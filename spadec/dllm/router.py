@@ -60,6 +60,18 @@ def hard_decision(logits: torch.Tensor) -> torch.Tensor:
     return (logits[..., EXECUTE] >= logits[..., SKIP]).float()
 
 
-def gumbel_decision(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Training: a hard one-hot sample forward, the soft sample's gradient backward."""
-    return F.gumbel_softmax(logits, tau=tau, hard=True)[..., EXECUTE]
+def gumbel_decision(logits: torch.Tensor, tau: float = 1.0, noise: float = 1.0) -> torch.Tensor:
+    """Training: a hard one-hot sample forward, the soft sample's gradient backward.
+
+    `noise` scales the Gumbel noise. At 1 (published) a router executes with probability
+    p_execute, so routers that all say "p = 2/3" meet a 2/3 rate in training and then run
+    every token at inference (p >= 0.5). Lowered towards 0 over training, the training
+    decisions become the inference ones, and a rate can only be met by routers that tell
+    tokens apart.
+    """
+    if noise == 1.0:
+        return F.gumbel_softmax(logits, tau=tau, hard=True)[..., EXECUTE]
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    soft = ((logits + noise * gumbels) / tau).softmax(-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    return (hard - soft.detach() + soft)[..., EXECUTE]

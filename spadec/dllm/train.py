@@ -30,18 +30,72 @@ from spadec.provenance import RunInfo
 log = logging.getLogger(__name__)
 
 
-def activation_loss(
-    gates: torch.Tensor, token_mask: torch.Tensor, target: float, reserve: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean |r_t - target|, mean r_t) over real tokens at positions >= reserve.
+SHARE_CONSTRAINTS = ("token", "batch", "layer")
 
-    gates: [B, L, num_layers] in {0, 1} (differentiable through the straight-through gate).
+
+def activation_loss(
+    gates: torch.Tensor,
+    token_mask: torch.Tensor,
+    target: float,
+    reserve: int,
+    constraint: str = "token",
+    dynamic_start: int = 0,
+    layer_band: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sparsity loss, mean executed share) over real tokens at positions >= reserve.
+
+    gates: [B, L, num_layers] in {0, 1} (differentiable through the straight-through gate);
+    the share counts every layer (static ones execute). `constraint` says what is held at
+    `target`:
+    - "token" (published): each token's share, mean |r_t - target| -- every token is pushed
+      to the same layer count;
+    - "batch": the share of the batch's tokens together, |mean_t r_t - target| -- tokens may
+      use more or fewer layers as the language-model loss rewards;
+    - "layer": each dynamic layer's execution rate over the batch's tokens, at the rate that
+      gives `target` overall -- no layer can be pruned for every token.
+    `layer_band` (lo, hi) adds, per dynamic layer, how far its rate over the batch lies
+    outside [lo, hi]: a layer may be run by few tokens or by most, but not by none or all.
     """
     share = gates.mean(dim=-1)
     mask = token_mask.float().clone()
     mask[:, :reserve] = 0
     denom = mask.sum().clamp(min=1)
-    return (mask * (share - target).abs()).sum() / denom, (mask * share).sum() / denom
+    mean_share = (mask * share).sum() / denom
+    if constraint == "token":
+        loss = (mask * (share - target).abs()).sum() / denom
+    elif constraint == "batch":
+        loss = (mean_share - target).abs()
+    elif constraint == "layer":
+        layer_target = dynamic_layer_rate(target, gates.shape[-1], dynamic_start)
+        rates = (mask[..., None] * gates[..., dynamic_start:]).sum((0, 1)) / denom
+        loss = (rates - layer_target).abs().mean()
+    else:
+        raise ValueError(f"share constraint {constraint!r} is not one of {SHARE_CONSTRAINTS}")
+    if layer_band is not None:
+        lo, hi = layer_band
+        rates = (mask[..., None] * gates[..., dynamic_start:]).sum((0, 1)) / denom
+        loss = loss + ((lo - rates).clamp(min=0) + (rates - hi).clamp(min=0)).mean()
+    return loss, mean_share
+
+
+def dynamic_layer_rate(target: float, num_layers: int, dynamic_start: int) -> float:
+    """The execution rate of each dynamic layer that gives `target` over all layers."""
+    dynamic = num_layers - dynamic_start
+    rate = (target * num_layers - dynamic_start) / dynamic if dynamic > 0 else -1.0
+    if not 0 < rate <= 1:
+        raise ValueError(
+            f"target_share {target} cannot be met with {dynamic_start} static layers of "
+            f"{num_layers}: the dynamic layers would have to run at rate {rate:.3f}"
+        )
+    return rate
+
+
+def router_noise(step: int, total: int, start: float, final: float) -> float:
+    """The Gumbel noise scale of a training step: `start` at the first, `final` at the
+    last, linear in between (1 and 1: the published constant noise)."""
+    if start == final:
+        return start
+    return start + (final - start) * min(step / max(total - 1, 1), 1.0)
 
 
 def sparsity_weight(epoch: float, epochs: float, lambda_max: float) -> float:
@@ -90,6 +144,11 @@ def finetune(
     torch.manual_seed(seed)
     model = dllm_from_base(base_dir, settings)
     cfg = model.config
+    if settings["share_constraint"] == "layer":  # fail before any training
+        dynamic_layer_rate(cfg.target_share, cfg.num_hidden_layers, cfg.dynamic_start_layer)
+    band = settings["layer_rate_band"]
+    if band is not None and not band[0] <= band[1]:
+        raise ValueError(f"layer_rate_band {band}: its low end exceeds its high end")
     lora = LoraConfig(
         r=settings["lora_rank"],
         lora_alpha=settings["lora_alpha"],
@@ -156,10 +215,19 @@ def finetune(
         torch.manual_seed(seed * 1_000_003 + step * world + accel.process_index)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, warmup, peak_lr)
-        out = model(**rows)
+        noise = router_noise(
+            step, total, settings["router_noise_start"], settings["router_noise_final"]
+        )
+        out = model(**rows, router_noise=noise)
         token_mask = rows["attention_mask"].bool() & (rows["labels"] != IGNORE)
         a_loss, share = activation_loss(
-            out.gates, token_mask, cfg.target_share, cfg.reserve_initials
+            out.gates,
+            token_mask,
+            cfg.target_share,
+            cfg.reserve_initials,
+            settings["share_constraint"],
+            cfg.dynamic_start_layer,
+            settings["layer_rate_band"],
         )
         lam = sparsity_weight(step / steps_per_epoch, settings["epochs"], settings["lambda_max"])
         loss = out.loss + lam * a_loss

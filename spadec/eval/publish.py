@@ -5,6 +5,9 @@ results/tables/speedup.{csv,md,tex}   speedup vs ar (mean of ratios ± std, rati
                                       matrix first in .md/.tex
 results/tables/quality.{csv,md,tex}   agreement with ar and with each method's lossless reference
 results/tables/responses.md           prompt, ar's answer, spadec_eagle2's answer
+results/tables/ablation.{csv,md}      D-LLM (plain / robust routers) x verification (all
+                                      tokens vote / ATS prune / ATS steer): tau, layer load,
+                                      executed share, tree split rate, speedup, lossless
 results/figures/speedup.png           grouped bars like the paper's figure
 results/figures/quality.png           token agreement bars
 results/figures/layer_load.png        per-layer load of the D-LLM methods
@@ -19,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from spadec.decoding.catalog import LABELS
+from spadec.eval.ablation import COLUMNS as ABLATION_COLUMNS
+from spadec.eval.ablation import ablation_table
 from spadec.eval.figures import layer_load_figure, quality_figure, speedup_figure
 from spadec.eval.formats import latex, markdown
 from spadec.eval.tables import load_records, quality_table, responses_table, speedup_table
@@ -108,6 +113,17 @@ def publish(
         ),
     )
     write_text(tables / "responses.md", "# Example responses\n\n" + markdown(responses))
+    ablation = ablation_table(df, speed, quality)
+    write_text(tables / "ablation.csv", ablation.to_csv(index=False))
+    write_text(
+        tables / "ablation.md",
+        "## Ablation: router input x verification\n\n"
+        + (
+            markdown(_view(ablation, ABLATION_COLUMNS), {"layer load": 3, "executed layers": 3})
+            if not ablation.empty
+            else "No tree method on a D-LLM in this run.\n"
+        ),
+    )
     for name, draw, data in (
         ("speedup.png", speedup_figure, speed),
         ("quality.png", quality_figure, quality),
@@ -115,7 +131,7 @@ def publish(
     ):
         with atomic_path(figures / name) as tmp:
             draw(data, tmp)
-    return {"speedup": speed, "quality": quality, "responses": responses}
+    return {"speedup": speed, "quality": quality, "responses": responses, "ablation": ablation}
 
 
 def records_digest(eval_dir: str | Path) -> dict:

@@ -53,3 +53,12 @@ def test_separate_baseline_from_paths():
     assert separate_baseline({"dllm": "a", "dllm_baseline": "b"})
     assert not separate_baseline({"dllm": "a", "dllm_baseline": "a"})
     assert not separate_baseline({"dllm": "a"})
+
+
+def test_the_schemas_method_list_is_the_catalogs():
+    from spadec.config import load_schema
+    from spadec.decoding.catalog import METHODS
+
+    methods = load_schema()["$defs"]["eval"]["properties"]["methods"]
+    assert methods["items"]["enum"] == list(METHODS)
+    assert set(methods["default"]) <= set(METHODS)

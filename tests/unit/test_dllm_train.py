@@ -192,3 +192,48 @@ def test_finetune_in_two_cpu_processes(micro_config, micro_data, micro_base, tmp
     # Two ranks split each epoch: half the optimizer steps of one process.
     assert metrics["steps"] < single_steps
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+ROUTING_RECIPE = {  # config.yaml's (docs/routing.md)
+    "share_constraint": "batch",
+    "layer_rate_band": [0.15, 0.85],
+    "router_noise_start": 0.0,
+    "router_noise_final": 0.0,
+}
+
+
+def _routing_after_finetune(micro_config, micro_data, micro_base, out, **recipe) -> dict:
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from spadec.dllm.evaluate import heldout_dialogues, score
+
+    settings = _settings(micro_config, epochs=3.0, **recipe)
+    finetune(settings, micro_base, micro_data, out / "adapter", out / "ckpt")
+    model = dllm_from_base(micro_base, settings)
+    model = PeftModel.from_pretrained(model, str(out / "adapter")).merge_and_unload().eval()
+    tokenizer = AutoTokenizer.from_pretrained(micro_base)
+    seqs, starts = heldout_dialogues(tokenizer, micro_data, 64, 3000)
+    return score(model, seqs, is_dllm=True, answer_starts=starts)["routing"]
+
+
+def test_routers_come_out_token_dependent(micro_config, micro_data, micro_base, tmp_path):
+    """The routing recipe yields routers that run a layer for some tokens and skip it for
+    others; the published recipe (per-token share, constant noise), trained as long, leaves
+    every layer either run or skipped by (nearly) every token on this model."""
+    routing = _routing_after_finetune(
+        micro_config, micro_data, micro_base, tmp_path / "recipe", **ROUTING_RECIPE
+    )
+    assert routing["token_dependent_layers"] >= routing["dynamic_layers"] / 4, routing
+    assert routing["modal_set_disagreement"] > 0.1, routing
+    published = _routing_after_finetune(
+        micro_config,
+        micro_data,
+        micro_base,
+        tmp_path / "published",
+        share_constraint="token",
+        layer_rate_band=None,
+        router_noise_start=1.0,
+        router_noise_final=1.0,
+    )
+    assert published["token_dependent_layers"] < published["dynamic_layers"] / 4, published

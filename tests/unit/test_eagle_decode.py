@@ -186,6 +186,25 @@ def test_greedy_eagle2_dllm_equals_greedy_dllm(variant):
     assert perfect.extra["tau"] > 3.0
     # D-LLM counters: whole-layer skips are rarer than per-token skips over a tree
     assert perfect.extra["layer_load_share"] >= perfect.extra["executed_share"]
+    # routers that skip about half the tokens: a tree's tokens often disagree on a layer
+    assert 0 < perfect.extra["tree_router_split_rate"] <= 1
+
+
+def test_tree_split_rate_is_zero_when_every_router_agrees():
+    model = make_dllm("llama-gqa", skip_half=False)  # the execute-first initial bias
+    ids = prompt(vocab=model.config.vocab_size)
+    ref = dllm_decode(model, ids, 24)
+    assert ref.extra["executed_share"] == 1.0
+    oracle = OracleDrafter(ref.output_ids + [0] * 8, ids.shape[1], model.config.vocab_size)
+    out = speculative_decode(model, oracle, ids, 24)
+    assert out.output_ids == ref.output_ids
+    assert out.extra["tree_router_split_rate"] == 0.0
+    # a dense target consults no router: no split rate at all
+    target = dense()
+    ids = prompt(vocab=target.config.vocab_size)
+    ar = greedy_decode(target, ids, 8)
+    oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], target.config.vocab_size)
+    assert "tree_router_split_rate" not in speculative_decode(target, oracle, ids, 8).extra
 
 
 # --- KV compaction ------------------------------------------------------------------

@@ -254,3 +254,80 @@ def test_compare_identical_settings(tmp_path):
     a = _run_root(tmp_path, "a", 1.5, 1e-3)
     assert "No differences" in compare(a, a)
     assert json.loads((a / "m" / "config" / "eagle.train.json").read_text())["lr"] == 1e-3
+
+
+def test_ablation_crosses_router_and_verification(tmp_path):
+    """Two D-LLMs x (all tokens vote, ATS prune, ATS steer), from hand-made records."""
+    from spadec.eval.ablation import ablation_table
+
+    base = dict(tau=3.0, executed_share=0.75)
+    records = [
+        rec("ar", "p1", 10, 1.0, [1, 2]),
+        rec("dllm", "p1", 10, 1.0, [1, 2], target="dllm_baseline"),
+        rec("dllm_robust", "p1", 10, 1.0, [1, 3], target="dllm"),
+        rec(
+            "eagle2_dllm",
+            "p1",
+            10,
+            0.5,
+            [1, 2],
+            target="dllm_baseline",
+            layer_load_share=0.9,
+            tree_router_split_rate=0.4,
+            **base,
+        ),
+        rec(
+            "eagle2_dllm_robust",
+            "p1",
+            10,
+            0.4,
+            [1, 3],
+            target="dllm",
+            layer_load_share=0.85,
+            tree_router_split_rate=0.2,
+            **base,
+        ),
+        rec(
+            "spadec_eagle2",
+            "p1",
+            10,
+            0.25,
+            [1, 3],
+            target="dllm",
+            ats_mode="prune",
+            layer_load_share=0.8,
+            **base,
+        ),
+        rec(
+            "spadec_eagle2_steer",
+            "p1",
+            10,
+            0.2,
+            [1, 4],
+            target="dllm",
+            ats_mode="steer",
+            layer_load_share=0.75,
+            **base,
+        ),
+    ]
+    df = load_records([records_file(tmp_path, records)])
+    table = ablation_table(df, speedup_table(df), quality_table(df)).set_index("method")
+    # the baseline D-LLM first; then all tokens vote, ATS prune, ATS steer
+    assert list(table.index) == [
+        "eagle2_dllm",
+        "eagle2_dllm_robust",
+        "spadec_eagle2",
+        "spadec_eagle2_steer",
+    ]
+    assert table.loc["eagle2_dllm", "d_llm"] == "baseline (plain routers)"
+    assert table.loc["eagle2_dllm_robust", "d_llm"] == "SpaDec's (robust routers)"
+    assert table.loc["spadec_eagle2", "verification"] == "ATS prune"  # the mode it ran
+    assert table.loc["spadec_eagle2_steer", "verification"] == "ATS steer"
+    assert table.loc["eagle2_dllm_robust", "layer_load_share"] == pytest.approx(0.85)
+    assert table.loc["eagle2_dllm", "tree_router_split_rate"] == pytest.approx(0.4)
+    assert table.loc["spadec_eagle2", "speedup"] == pytest.approx(4.0)
+    # lossless against each one's own target's plain decoding
+    assert table.loc["spadec_eagle2", "lossless"] == "100%"
+    assert table.loc["spadec_eagle2_steer", "lossless"] == "0%"
+    # plain and dense methods are not part of it
+    assert {"ar", "dllm", "dllm_robust"}.isdisjoint(table.index)

@@ -60,6 +60,11 @@ def test_outputs_exist_and_load(finished_run):
         "greedy_tokens_per_s_dllm",
     ):
         assert key in dllm
+    routing = dllm["routing"]
+    assert routing["dynamic_layers"] == 6 and 0 <= routing["token_dependent_layers"] <= 6
+    assert sum(routing["executed_layers_histogram"]) == routing["tokens"] > 0
+    routing_png = finished_run / "results" / "micro" / "dllm" / "routing.png"
+    assert routing_png.read_bytes()[:4] == b"\x89PNG"
     # The trained model's cached decoding equals its full forward (skips included).
     assert dllm["cache_vs_full_same_gates"] and dllm["cache_vs_full_max_abs_diff"] < 1e-4
     final = AutoModelForCausalLM.from_pretrained(finished_run / "results" / "micro" / "dllm" / "hf")
@@ -101,6 +106,7 @@ def test_eagle_stage_outputs(finished_run):
         "dllm_robust",  # added as spadec_eagle2's lossless reference
         "eagle2",
         "eagle2_dllm",
+        "eagle2_dllm_robust",
         "spadec_eagle2",
         "spadec_eagle2_steer",
     }
@@ -108,10 +114,10 @@ def test_eagle_stage_outputs(finished_run):
     assert metrics["targets"]["spadec_eagle2"] == "dllm"
     # greedy speculative decoding is lossless on the trained micro models (prune mode
     # too), each against the plain decoding of its own target
-    for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
+    for method in ("eagle2", "eagle2_dllm", "eagle2_dllm_robust", "spadec_eagle2"):
         assert bench[method]["same_output_as_baseline"] == 1.0, method
     records = [json.loads(line) for line in (evals / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 7  # 2 prompts x 7 methods, one record per turn
+    assert len(records) == 2 * 8  # 2 prompts x 8 methods, one record per turn
     assert {r["model"] for r in records} == {"micro"} and all("output_text" in r for r in records)
 
 
@@ -120,7 +126,7 @@ def test_tables_figures_and_report(finished_run):
 
     tables = finished_run / "results" / "tables"
     speed = pd.read_csv(tables / "speedup.csv").set_index("method")
-    assert len(speed) == 7 and set(speed["model"]) == {"micro"}
+    assert len(speed) == 8 and set(speed["model"]) == {"micro"}
     assert speed.loc["ar", "speedup"] == pytest.approx(1.0)
     assert (speed["speedup"] > 0).all() and (speed["prompts"] == 2).all()
     assert speed.loc["eagle2", "tau"] >= 1.0
@@ -133,7 +139,17 @@ def test_tables_figures_and_report(finished_run):
     assert r"\begin{tabular}" in (tables / "speedup.tex").read_text()
     assert (tables / "responses.md").read_text().count("| micro | heldout |") == 2
     run_info = json.loads((tables / "run_info.json").read_text())
-    assert run_info["records"][0]["records"] == 14
+    assert run_info["records"][0]["records"] == 16
+    ablation = pd.read_csv(tables / "ablation.csv").set_index("method")
+    assert list(ablation.index) == [
+        "eagle2_dllm",
+        "eagle2_dllm_robust",
+        "spadec_eagle2",
+        "spadec_eagle2_steer",
+    ]
+    assert ablation.loc["spadec_eagle2", "verification"] == "ATS prune"
+    assert ablation.loc["eagle2_dllm_robust", "lossless"] == "100%"
+    assert ablation["tree_router_split_rate"].between(0, 1).all()
     for name in ("speedup.png", "quality.png", "layer_load.png"):
         assert (finished_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
     report = finished_run / "report.html"
