@@ -43,6 +43,7 @@ COLUMNS = [
     "changes",
     "ppl_ratio",
     "executed_share",
+    "share_all_tokens",
     "token_dependent_layers",
     "dynamic_layers",
     "modal_set_disagreement",
@@ -99,7 +100,7 @@ def run_variant(name, changes, base_settings, base_dir, data_dir, runs_dir, dens
         "changes": ", ".join(f"{k}={v}" for k, v in changes.items()) or "(config)",
         "ppl_ratio": round(result["perplexity"] / dense_ppl, 4),
         **{k: routing[k] for k in COLUMNS if k in routing},
-        "executed_share": round(result["executed_share"], 4),
+        "share_all_tokens": round(result["executed_share"], 4),
         "train_wall_s": train["train_wall_s"],
     }
     row["layer_execution_rate"] = " ".join(f"{x:.2f}" for x in routing["layer_execution_rate"])
