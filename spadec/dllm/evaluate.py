@@ -46,7 +46,10 @@ def score(
         result["layer_execution_rate"] = [round(x, 4) for x in g.mean(0).tolist()]
         reserve = model.config.reserve_initials
         routed = torch.cat(
-            [g[max(reserve, start) :] for g, start in zip(gates, starts, strict=True)]
+            [
+                seq_gates[max(reserve, start) :]
+                for seq_gates, start in zip(gates, starts, strict=True)
+            ]
         )
         result["routing"] = routing_measures(routed, model.config.dynamic_layers())
     return result
@@ -78,11 +81,15 @@ def heldout_dialogues(
     all) and where each one's answer starts."""
     seqs, starts, total = [], [], 0
     for rec in read_jsonl(Path(data_dir) / "sft_heldout.jsonl"):
-        ids = tokenizer(dialogue_text(tokenizer, rec), add_special_tokens=False)["input_ids"]
-        seqs.append(ids[:window])
-        example = encode_example(tokenizer, rec, window)  # labels mark the last answer
-        labels = example["labels"] if example else []
-        starts.append(next((i for i, t in enumerate(labels) if t != IGNORE), len(seqs[-1])))
+        # the training encoding: the dialogue's ids, labels marking the (last) answer
+        example = encode_example(tokenizer, rec, window)
+        if example is None:  # no answer token within the window: scored, not routed
+            text = dialogue_text(tokenizer, rec)
+            seqs.append(tokenizer(text, add_special_tokens=False)["input_ids"][:window])
+            starts.append(len(seqs[-1]))
+        else:
+            seqs.append(example["input_ids"])
+            starts.append(next(i for i, t in enumerate(example["labels"]) if t != IGNORE))
         total += len(seqs[-1])
         if total >= max_tokens:
             break

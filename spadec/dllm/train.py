@@ -61,19 +61,19 @@ def activation_loss(
     mask[:, :reserve] = 0
     denom = mask.sum().clamp(min=1)
     mean_share = (mask * share).sum() / denom
+    # each dynamic layer's execution rate over the batch's tokens
+    rates = (mask[..., None] * gates[..., dynamic_start:]).sum((0, 1)) / denom
     if constraint == "token":
         loss = (mask * (share - target).abs()).sum() / denom
     elif constraint == "batch":
         loss = (mean_share - target).abs()
     elif constraint == "layer":
         layer_target = dynamic_layer_rate(target, gates.shape[-1], dynamic_start)
-        rates = (mask[..., None] * gates[..., dynamic_start:]).sum((0, 1)) / denom
         loss = (rates - layer_target).abs().mean()
     else:
         raise ValueError(f"share constraint {constraint!r} is not one of {SHARE_CONSTRAINTS}")
     if layer_band is not None:
         lo, hi = layer_band
-        rates = (mask[..., None] * gates[..., dynamic_start:]).sum((0, 1)) / denom
         loss = loss + ((lo - rates).clamp(min=0) + (rates - hi).clamp(min=0)).mean()
     return loss, mean_share
 
