@@ -20,9 +20,17 @@ from spadec.config import (
     validate_config,
 )
 from spadec.io import write_json
+from spadec.smoke import parse_smoke_flag, smoke_config
 
 SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
 try:
+    # Smoke mode (`--config smoke=true`) swaps the model, data and counts before the
+    # config is validated; in place, as `config` is the dict Snakemake itself holds.
+    parse_smoke_flag(config)
+    if config.get("smoke") is True:
+        smoked = smoke_config(config)
+        config.clear()
+        config.update(smoked)
     validate_config(config, REPO / "schemas" / "config.schema.yaml")
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
@@ -44,9 +52,14 @@ PROMPT_FILES = [
 # folder, and `spadec` is importable from this checkout, installed or not (e.g. under
 # `--sdm conda`). None of them is a param, so moving the checkout or the venv does not
 # rerun anything. (Snakemake formats the prefix too: `{{` below reaches bash as `{`.)
+# A failing command prints one line to the console: the rule's name and the last error
+# line of its log (spadec.job_errors), then the job fails with its own status. In the
+# prefix, not the rules' commands: a changed command would rerun every job.
 shell.prefix(
     f"export PYTHONPATH='{REPO}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; SPADEC_PY='{PYTHON}';"
     f" SPADEC_SCRIPTS='{REPO / 'workflow_scripts'}'; "
+    """[ -n "$BASH_VERSION" ] && trap 'spadec_rc=$?;"""
+    """ "$SPADEC_PY" -m spadec.job_errors "$BASH_COMMAND"; exit $spadec_rc' ERR; """
 )
 
 
@@ -61,7 +74,12 @@ wildcard_constraints:
 
 def stage_settings(model, stage):
     """Resolved settings of one stage for one model (what its config JSON holds)."""
-    return resolve_stage(config, model, stage, SCHEMA)
+    settings = resolve_stage(config, model, stage, SCHEMA)
+    # A smoke run says so in every settings snapshot and run_info.json (a normal run's
+    # settings, and so its hashes, are unchanged).
+    if config["smoke"]:
+        settings["smoke"] = True
+    return settings
 
 
 def stage_gpus(stage):

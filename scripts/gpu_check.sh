@@ -20,7 +20,7 @@ tests_rc=${PIPESTATUS[0]}
 
 bench_rc=0
 for shape in h1024-l12 h2048-l16; do
-  timeout 150 "$py" benchmarks/decode_speed.py --random "$shape" --device cuda --dtype bfloat16 \
+  timeout 150 "$py" benchmarks/ar_vs_generate.py --random "$shape" --device cuda --dtype bfloat16 \
     --prompts 6 --max-new-tokens 128 --out "$out/decode_$shape.json" || bench_rc=1
 done
 

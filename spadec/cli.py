@@ -17,10 +17,15 @@ import json
 import sys
 from pathlib import Path
 
+from spadec.argtypes import int_at_least, non_negative_float, non_negative_int, positive_int
+from spadec.artefacts import ArtefactError
 from spadec.config import STAGES, ConfigError, load_yaml, resolve_stage, validate_config
 from spadec.decoding.catalog import METHOD_ORDER
+from spadec.decoding.context import PromptTooLongError
+from spadec.decoding.defaults import DEFAULT_DEPTH, DEFAULT_TOP_K, DEFAULT_TOTAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
+WARMUP_TOKENS = 16  # enough for every kernel of a decoding step to have run once
 
 
 def _load(configfile: str) -> dict:
@@ -97,29 +102,39 @@ def cmd_generate(args) -> int:
     stage_cfg = results / "config" / "eagle.decode.json" if results else None
     tree = read_json(stage_cfg) if stage_cfg and stage_cfg.is_file() else {}
     params = TreeParams(
-        args.total_tokens or tree.get("total_tokens", 60),
-        args.depth if args.depth is not None else tree.get("depth", 5),
-        args.top_k or tree.get("top_k", 10),
+        args.total_tokens or tree.get("total_tokens", DEFAULT_TOTAL_TOKENS),
+        args.depth if args.depth is not None else tree.get("depth", DEFAULT_DEPTH),
+        args.top_k or tree.get("top_k", DEFAULT_TOP_K),
     )
-    gen = torch.Generator().manual_seed(args.seed)
-    res = run_method(
-        args.method,
-        models,
-        ids,
-        args.max_new_tokens,
-        params,
-        tok.eos_token_id,
-        args.temperature,
-        gen,
-    )
+
+    def decode(max_new_tokens):
+        gen = torch.Generator().manual_seed(args.seed)
+        return run_method(
+            args.method,
+            models,
+            ids,
+            max_new_tokens,
+            params,
+            tok.eos_token_id,
+            args.temperature,
+            gen,
+        )
+
+    # The first call pays one-off costs (kernel selection, allocator growth, lazy
+    # initialisation): timed alone it reads several times slower than the eval's warm
+    # figure on the same model. A short untimed call first, as the eval's warm-up does.
+    if args.warmup:
+        decode(min(args.max_new_tokens, WARMUP_TOKENS))
+    res = decode(args.max_new_tokens)
     print(tok.decode(res.output_ids, skip_special_tokens=True))
+    timing = "after one warm-up call" if args.warmup else "cold: first call, no warm-up"
     print(
         f"[{args.method}] {res.new_tokens} tokens in {res.wall_s:.3f} s = "
-        f"{res.tokens_per_s:.1f} tokens/s, {res.target_forwards} target forwards",
+        f"{res.tokens_per_s:.1f} tokens/s ({timing}), {res.target_forwards} target forwards",
         file=sys.stderr,
     )
     extra = {k: v for k, v in res.extra.items() if not isinstance(v, list)}
-    if "tau" in extra:
+    if "accept_histogram" in extra:  # a tree method (a peer's tau has no histogram)
         print(
             f"  tau {extra['tau']:.2f}, accepted drafts per step: {extra['accept_histogram']}",
             file=sys.stderr,
@@ -206,16 +221,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dllm-baseline", help="EAGLE head of the baseline D-LLM")
     p.add_argument("--predictor", help="acceptance predictor (default <results>/predictor/model)")
     p.add_argument("--ats-mode", default="prune", choices=["prune", "steer"])
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
         "--total-tokens",
-        type=int,
-        help="tree size, root included (default: <results>/config/eagle.decode.json, else 60)",
+        type=int_at_least(2),
+        help="tree size, root included, >= 2 "
+        f"(default: <results>/config/eagle.decode.json, else {DEFAULT_TOTAL_TOKENS})",
     )
-    p.add_argument("--depth", type=int, help="expansion steps (default: as above, else 5)")
-    p.add_argument("--top-k", type=int, help="children per node (default: as above, else 10)")
+    p.add_argument(
+        "--depth",
+        type=non_negative_int,
+        help="expansion steps after the first draft level, 0 = one level "
+        f"(default: as above, else {DEFAULT_DEPTH})",
+    )
+    p.add_argument(
+        "--top-k",
+        type=positive_int,
+        help=f"children per node (default: as above, else {DEFAULT_TOP_K})",
+    )
+    p.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"run one untimed {WARMUP_TOKENS}-token call before the timed one (default: on)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("compare", help="two runs' tables side by side, their settings diffed")
@@ -225,15 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("launch", help="start a stage script (see python -m spadec.launch -h)")
     args = parser.parse_args(argv)
     setup_logging()
+    # Bad input (a config, an artefact, a prompt) ends in one line naming it, exit 2;
+    # a traceback is kept for what is a bug.
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"spadec: config error: {err}", file=sys.stderr)
+        print(f"spadec {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (ArtefactError, PromptTooLongError) as err:
+        print(f"spadec {args.command}: {err}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as err:
         if args.command != "generate":
             raise
-        print(f"spadec: {err}", file=sys.stderr)
+        print(f"spadec {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from spadec.dllm.share_targets import check_layer_profile, dynamic_layer_rate
+
 STAGES = ("data", "base", "dllm", "eagle", "predictor", "eval")
 # Stages whose rules each read only some keys get one settings file per part
 # ("eagle.train" -> results/{model}/config/eagle.train.json), so a changed knob reruns
@@ -61,6 +63,8 @@ STAGE_PARTS = {
             "max_new_tokens",
             "temperature",
             "warmup_prompts",
+            "step_timing",
+            "sync_timing",
         ),
         "tables": ("response_examples",),
     },
@@ -194,6 +198,8 @@ def validate_config(
                 f"config key 'eval.methods' (model {model}): must include 'ar', the baseline"
                 " every speedup is measured against"
             )
+    for model in config["models"]:
+        check_cross_fields(config, model, schema)
     if check_paths:
         for model in config["models"]:
             check_model_paths(config, model, schema)
@@ -286,6 +292,70 @@ def check_model_paths(config: dict, model: str, schema: dict | None = None) -> N
             if not spec.get("path"):
                 raise ConfigError(f"config key '{key}': source '{spec['source']}' needs 'path'")
             _check_file(f"{key}.path", spec["path"])
+
+
+def base_depth(config: dict, model: str, schema: dict | None = None) -> tuple[int, str] | None:
+    """(number of layers, where the config says so) of a model's base, when known
+    without loading it: `base.pretrain.num_layers`, or `num_hidden_layers` in the
+    config.json of a local `base.path`. None for a hub id or a GGUF package."""
+    base = resolve_stage(config, model, "base", schema)
+    if base["source"] == "pretrain":
+        return base["pretrain"]["num_layers"], "base.pretrain.num_layers"
+    if base["source"] == "hf" and base.get("path"):
+        config_json = Path(base["path"]) / "config.json"
+        try:
+            fields = json.loads(config_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # check_model_paths names a missing directory; the loader a bad file
+        layers = fields.get("num_hidden_layers") if isinstance(fields, dict) else None
+        if isinstance(layers, int):
+            return layers, f"num_hidden_layers in {config_json}"
+    return None
+
+
+def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> None:
+    """Settings valid one by one but not together, caught at start-up rather than hours
+    into a run: the draft tree's width against its size, and the layer indices against
+    the base model's depth (when the config tells it), and a D-LLM's rate profile against
+    its dynamic layers. Per-model overrides apply."""
+    eagle = resolve_stage(config, model, "eagle", schema)
+    if eagle["top_k"] > eagle["total_tokens"]:
+        raise ConfigError(
+            f"config keys 'eagle.top_k' and 'eagle.total_tokens' (model {model}): top_k "
+            f"{eagle['top_k']} exceeds the tree size {eagle['total_tokens']}"
+        )
+    dllm = resolve_stage(config, model, "dllm", schema)
+    if dllm["layer_rate_profile"] is not None and dllm["share_constraint"] != "layer":
+        raise ConfigError(
+            f"config key 'dllm.layer_rate_profile' (model {model}): needs share_constraint "
+            f"'layer', not {dllm['share_constraint']!r}"
+        )
+    known = base_depth(config, model, schema)
+    if known is None:
+        return
+    layers, source = known
+    indices = {
+        "predictor.layer_k": resolve_stage(config, model, "predictor", schema)["layer_k"],
+        "dllm.dynamic_start_layer": dllm["dynamic_start_layer"],
+    }
+    for key, value in indices.items():
+        if value >= layers:
+            raise ConfigError(
+                f"config key '{key}' (model {model}): {value} must be below the base "
+                f"model's {layers} layers ({source})"
+            )
+    try:  # the sparsity targets against the number of dynamic layers
+        if dllm["layer_rate_profile"] is not None:
+            check_layer_profile(
+                dllm["layer_rate_profile"],
+                dllm["target_share"],
+                layers,
+                dllm["dynamic_start_layer"],
+            )
+        elif dllm["share_constraint"] == "layer":
+            dynamic_layer_rate(dllm["target_share"], layers, dllm["dynamic_start_layer"])
+    except ValueError as err:
+        raise ConfigError(f"config key 'dllm' (model {model}): {err} ({source})") from None
 
 
 def config_hash(obj: Any) -> str:

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from spadec.decoding.catalog import TARGETS
 from spadec.decoding.targets import load_target
 from spadec.eagle.data import read_distilled, shard_records, write_shard
 from spadec.io import read_json
@@ -11,7 +12,7 @@ from spadec.logs import setup_logging
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--config", required=True, help="resolved eagle settings (JSON)")
 parser.add_argument("--target", required=True, help="target model directory")
-parser.add_argument("--name", required=True, help="target name (dense or dllm)")
+parser.add_argument("--name", required=True, choices=TARGETS, help="target name")
 parser.add_argument("--distill", required=True, help="the target's distill directory")
 parser.add_argument("--shard", type=int, required=True)
 parser.add_argument("--out", required=True, help="shard directory")

@@ -6,7 +6,7 @@ from pathlib import Path
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.targets import load_target
 from spadec.eagle.data import read_distilled, shard_records
-from spadec.eagle.head import load_head
+from spadec.eagle.head import check_head_fits, load_head
 from spadec.io import read_json
 from spadec.logs import setup_logging
 from spadec.predictor.data import collect_nodes, write_shard
@@ -27,6 +27,7 @@ records = read_distilled(Path(args.distill) / "distill.jsonl")[: settings["promp
 mine = shard_records(records, args.shard, settings["shards"])
 model, tokenizer = load_target(args.dllm, decode["dtype"])
 head = load_head(args.head, model.dtype, next(model.parameters()).device)
+check_head_fits(head, args.head, model, args.dllm)
 data = collect_nodes(
     model,
     head,

@@ -19,9 +19,12 @@ args = parser.parse_args()
 
 setup_logging()
 # One settings file per model; the response table shows the largest count asked for.
-examples = max(read_json(p)["response_examples"] for p in args.config)
+settings = [read_json(p) for p in args.config]
+examples = max(s["response_examples"] for s in settings)
 tables = publish(args.evals, args.tables, args.figures, examples)
 print(tables["speedup"].to_string(index=False))
-RunInfo("tables", {"response_examples": examples}).write(
+# A smoke run (spadec/smoke.py) is recorded next to its tables: they are no paper numbers.
+smoke = {"smoke": True} if any(s.get("smoke") for s in settings) else {}
+RunInfo("tables", {"response_examples": examples, **smoke}).write(
     Path(args.tables) / "run_info.json", records=[records_digest(p) for p in args.evals]
 )

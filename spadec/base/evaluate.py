@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from spadec.base.chat import dialogue_text, prompt_ids
-from spadec.decoding.autoregressive import greedy_decode
+from spadec.data.prepare import sample_prompts_file
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.io import read_jsonl
 from spadec.logs import progress
 
@@ -88,15 +89,14 @@ def evaluate_base(model, tokenizer, data_dir: str | Path, settings: dict) -> dic
             "held-out %s: perplexity %.2f (unigram baseline %.2f, %d tokens)", name, ppl, uni, n
         )
 
-    eval_files = sorted(data_dir.glob("eval_*.jsonl"), key=lambda f: f.name != "eval_heldout.jsonl")
-    prompts = read_jsonl(eval_files[0])[: ev["decode_prompts"]]
+    prompts = read_jsonl(sample_prompts_file(data_dir))[: ev["decode_prompts"]]
     samples, new_tokens, wall = [], 0, 0.0
-    greedy_decode(
+    autoregressive_decode(
         model, torch.tensor([prompt_ids(tokenizer, "Hello")], device=device), 4
     )  # warm-up
     for rec in prompts:
         ids = torch.tensor([prompt_ids(tokenizer, rec["turns"][0])], device=device)
-        res = greedy_decode(model, ids, ev["max_new_tokens"], tokenizer.eos_token_id)
+        res = autoregressive_decode(model, ids, ev["max_new_tokens"], tokenizer.eos_token_id)
         new_tokens += res.new_tokens
         wall += res.wall_s
         samples.append(

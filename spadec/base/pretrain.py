@@ -1,4 +1,4 @@
-"""Pre-train a tiny Llama from scratch on the offline corpus (source `pretrain`).
+"""Pre-train a tiny Llama or Qwen2 from scratch on the offline corpus (source `pretrain`).
 
 The corpus has two token streams: plain documents and chat-formatted instruction pairs
 (so the model learns the chat format it is later asked questions in). Each training
@@ -16,41 +16,18 @@ from pathlib import Path
 
 import torch
 
+from spadec.base.architecture import build_model
 from spadec.base.chat import dialogue_text
+from spadec.base.templates import resolve_template
 from spadec.base.tokenizer import train_bpe_tokenizer
 from spadec.checkpoint import latest_checkpoint, save_checkpoint
 from spadec.config import config_hash
 from spadec.io import read_jsonl
 from spadec.logs import progress
 from spadec.pacing import paced
+from spadec.training import ADAMW_BETAS, step_seed
 
 log = logging.getLogger(__name__)
-
-
-def build_llama(settings: dict, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    p = settings["pretrain"]
-    if p["hidden_size"] % p["num_heads"] or p["num_heads"] % p["num_kv_heads"]:
-        raise ValueError(
-            "base.pretrain: hidden_size must divide by num_heads, and num_heads by num_kv_heads"
-        )
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=p["hidden_size"],
-        intermediate_size=p["intermediate_size"],
-        num_hidden_layers=p["num_layers"],
-        num_attention_heads=p["num_heads"],
-        num_key_value_heads=p["num_kv_heads"],
-        max_position_embeddings=p["max_position_embeddings"],
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=p["tie_embeddings"],
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 @dataclass
@@ -132,6 +109,9 @@ def load_or_train_tokenizer(settings: dict, ckpt_dir: Path, documents, dialogues
         f"<|user|>{r['instruction']}<|eos|><|assistant|>{r['response']}<|eos|>" for r in dialogues
     ]
     tok = train_bpe_tokenizer(texts, settings["pretrain"]["vocab_size"])
+    # A config that names a chat template (the paper's `alpaca`) gets it here as from a
+    # hub model, so the model pre-trains on, and is later prompted in, that format.
+    tok.chat_template = resolve_template(settings.get("chat_template")) or tok.chat_template
     tok.save_pretrained(tok_dir)
     return AutoTokenizer.from_pretrained(tok_dir)
 
@@ -162,9 +142,9 @@ def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: i
     )
 
     torch.manual_seed(seed)
-    model = build_llama(settings, tokenizer)
+    model = build_model(p, tokenizer)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=p["lr"], betas=(0.9, 0.95), weight_decay=p["weight_decay"]
+        model.parameters(), lr=p["lr"], betas=ADAMW_BETAS, weight_decay=p["weight_decay"]
     )
     start_step, history = 0, []
     ckpt = latest_checkpoint(ckpt_dir, settings_hash)
@@ -199,7 +179,7 @@ def pretrain(settings: dict, data_dir: str | Path, ckpt_dir: str | Path, seed: i
             p["batch_size"],
             p["seq_len"],
             p["chat_share"],
-            seed=seed * 1_000_003 + step * accel.num_processes + accel.process_index,
+            seed=step_seed(seed, step, accel.num_processes, accel.process_index),
         )
         batch = batch.to(accel.device)
         for group in optimizer.param_groups:

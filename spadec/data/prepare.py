@@ -43,6 +43,16 @@ def _documents(cfg: dict, sft_records: list[dict]) -> list[dict]:
     return [{"doc_id": d, "text": "\n\n".join(parts)} for d, parts in by_doc.items()]
 
 
+def sample_prompts_file(data_dir: str | Path) -> Path:
+    """The benchmark whose first prompts the base and D-LLM evaluations decode as samples:
+    `heldout` where the config has it, else the first by name (the paper configs call
+    theirs `alpaca_heldout`)."""
+    files = sorted(Path(data_dir).glob("eval_*.jsonl"), key=lambda f: (f.stem != "eval_heldout", f))
+    if not files:
+        raise FileNotFoundError(f"no benchmark (eval_*.jsonl) in {data_dir}")
+    return files[0]
+
+
 def prepare_data(cfg: dict, out_dir: str | Path, prompts_dir: str | Path) -> dict:
     """Build all datasets for one model from its resolved `data` config; return metrics."""
     out_dir = Path(out_dir)

@@ -50,16 +50,9 @@ def accept_greedy(
     return Acceptance(path, int(best_tok[path[-1]]))
 
 
-def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+def target_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """The target's sampling distribution(s) from logits [..., V]."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        cut = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
-        sorted_p = sorted_p.masked_fill(cut, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    return torch.softmax(logits.float() / temperature, dim=-1)
 
 
 def accept_sampling(
@@ -67,10 +60,9 @@ def accept_sampling(
     logits: torch.Tensor,
     temperature: float,
     generator: torch.Generator | None = None,
-    top_p: float = 1.0,
     verified: torch.Tensor | None = None,
 ) -> Acceptance:
-    probs = target_probs(logits, temperature, top_p).cpu()
+    probs = target_probs(logits, temperature).cpu()
     tokens = compiled.tokens.tolist()
     parents = compiled.parents.tolist()
     ran = [True] * len(tokens) if verified is None else verified.tolist()

@@ -26,19 +26,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def pick_token(logits: torch.Tensor, temperature: float, generator=None, top_p: float = 1.0) -> int:
+def pick_token(logits: torch.Tensor, temperature: float, generator=None) -> int:
     """argmax at temperature 0, else a sample from the target's sampling distribution (drawn
     on the CPU, so a seeded CPU generator reproduces it on any device)."""
     from spadec.decoding.accept import target_probs
 
     if temperature <= 0:
         return int(logits.argmax())
-    probs = target_probs(logits, temperature, top_p).cpu()
+    probs = target_probs(logits, temperature).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.inference_mode()
-def greedy_decode(
+def autoregressive_decode(
     model,
     input_ids: torch.Tensor,
     max_new_tokens: int,
@@ -46,7 +46,8 @@ def greedy_decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> DecodeResult:
-    """One target forward per new token (greedy at temperature 0); timed with device syncs."""
+    """One target forward per new token: greedy at temperature 0, sampled above it (with
+    `generator`); timed with device syncs."""
     from transformers import DynamicCache
 
     from spadec.compat import with_cache

@@ -1,5 +1,5 @@
-"""What each decoding method of the tables runs on: its target model, its draft head and
-its label. One table read by the decoding dispatch, the eval stage and the tables (and
+"""What each decoding method of the tables runs on: its target model, its draft head, and
+the label and colour every table and figure shows it with. One table read by the decoding dispatch, the eval stage and the tables (and
 free of torch, so the tables stay light).
 
 Targets:
@@ -10,6 +10,10 @@ Targets:
                  D-LLM routers (`dllm.baseline_router_input_bits`, none by default).
                  When both router inputs are equal the pipeline trains one D-LLM and
                  this name resolves to `dllm`.
+
+Kinds: `ours` (this project's decoders) and `peer` (what a user would run instead:
+transformers' `generate` and its prompt-lookup decoding on the dense target,
+`spadec.decoding.peers`), timed in the same run as reference rows.
 """
 
 from __future__ import annotations
@@ -24,30 +28,42 @@ class Method:
     target: str
     head: str | None  # the target whose EAGLE head drafts; None = one token per forward
     label: str
+    colour: str  # a matplotlib colour, the same in every figure
+    kind: str = "ours"  # "ours" or "peer" (a reference row: someone else's decoder)
+
+    @property
+    def peer(self) -> bool:
+        return self.kind == "peer"
 
     @property
     def plain(self) -> bool:
-        return self.head is None
+        """One token per forward through our runtime (a peer never is: not ours)."""
+        return self.head is None and not self.peer
 
 
 METHODS = {
-    "ar": Method("dense", None, "AR"),
-    "dllm": Method("dllm_baseline", None, "D-LLM"),
-    "dllm_robust": Method("dllm", None, "D-LLM (robust router)"),
-    "eagle2": Method("dense", "dense", "Eagle2"),
-    "eagle2_dllm": Method("dllm_baseline", "dllm_baseline", "Eagle2+D-LLM"),
+    "ar": Method("dense", None, "AR", "tab:gray"),
+    # peers: transformers' greedy generate and its prompt lookup, on the dense target
+    "hf_generate": Method("dense", None, "HF generate (peer)", "silver", "peer"),
+    "hf_prompt_lookup": Method("dense", None, "HF prompt lookup (peer)", "tab:purple", "peer"),
+    "dllm": Method("dllm_baseline", None, "D-LLM", "tab:orange"),
+    "dllm_robust": Method("dllm", None, "D-LLM (robust router)", "tab:brown"),
+    "eagle2": Method("dense", "dense", "Eagle2", "tab:blue"),
+    "eagle2_dllm": Method("dllm_baseline", "dllm_baseline", "Eagle2+D-LLM", "tab:red"),
     # the ablation's cell "robust router, every tree token votes": SpaDec's target and head
     # without the predictor, to separate what the router saves from what ATS saves
-    "eagle2_dllm_robust": Method("dllm", "dllm", "Eagle2+D-LLM (robust router)"),
-    "spadec_eagle2": Method("dllm", "dllm", "SpaDec"),
+    "eagle2_dllm_robust": Method("dllm", "dllm", "Eagle2+D-LLM (robust router)", "tab:pink"),
+    "spadec_eagle2": Method("dllm", "dllm", "SpaDec", "tab:green"),
 }
 # `spadec_eagle2` runs the configured ATS mode; these name a mode explicitly.
 ATS_VARIANTS = {"spadec_eagle2_prune": "prune", "spadec_eagle2_steer": "steer"}
-LABELS = {
-    **{name: m.label for name, m in METHODS.items()},
-    "spadec_eagle2_prune": "SpaDec (prune)",
-    "spadec_eagle2_steer": "SpaDec (steer)",
+# method -> (label, colour): the one place tables and figures take them from
+STYLES = {
+    **{name: (m.label, m.colour) for name, m in METHODS.items()},
+    "spadec_eagle2_prune": ("SpaDec (prune)", "tab:olive"),
+    "spadec_eagle2_steer": ("SpaDec (steer)", "tab:cyan"),
 }
+LABELS = {name: text for name, (text, _) in STYLES.items()}
 # How each tree method's target forward decides whether a layer runs (the ablation table).
 VERIFICATION = {
     "eagle2_dllm": "all tokens vote",
@@ -57,6 +73,16 @@ VERIFICATION = {
 }
 # Display order (the paper's figure: baselines first, SpaDec last); unknown ones follow.
 METHOD_ORDER = (*METHODS, *ATS_VARIANTS)
+
+
+def label(method: str) -> str:
+    """A method's label in tables and figures (a method outside the catalog: its name)."""
+    return LABELS.get(method, method)
+
+
+def colour(method: str) -> str | None:
+    """A method's colour in every figure (outside the catalog: None, matplotlib's cycle)."""
+    return STYLES[method][1] if method in STYLES else None
 
 
 def base_method(method: str) -> str:
@@ -99,6 +125,14 @@ def with_references(methods: list[str], separate_baseline: bool) -> list[str]:
             out.append(plain_method(targets[m], separate_baseline))
             have.add(targets[m])
     return out
+
+
+PEERS = tuple(name for name, m in METHODS.items() if m.peer)
+
+
+def is_peer(method: str) -> bool:
+    """A reference row (someone else's decoder), not one of our methods."""
+    return method in PEERS
 
 
 def is_plain(method: str) -> bool:

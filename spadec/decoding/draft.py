@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spadec.decoding.defaults import DEFAULT_DEPTH, DEFAULT_TOP_K, DEFAULT_TOTAL_TOKENS
 from spadec.decoding.tree import DraftTree
 from spadec.dllm.cache import LayerSkipCache
 from spadec.eagle.head import EagleHead
@@ -22,9 +23,9 @@ from spadec.eagle.head import EagleHead
 
 @dataclass(frozen=True)
 class TreeParams:
-    total_tokens: int = 60  # tree nodes verified per step, root included
-    depth: int = 5  # expansion steps after level 1 (deepest draft token: depth + 1)
-    top_k: int = 10
+    total_tokens: int = DEFAULT_TOTAL_TOKENS  # tree nodes verified per step, root included
+    depth: int = DEFAULT_DEPTH  # expansion steps after level 1 (deepest draft token: depth + 1)
+    top_k: int = DEFAULT_TOP_K
 
     def __post_init__(self):
         if self.total_tokens < 2 or self.depth < 0 or self.top_k < 1:

@@ -1,9 +1,12 @@
-"""Speculative decoding with an EAGLE-2 draft tree at batch 1 (methods `eagle2`,
-`eagle2_dllm`): draft -> verify -> accept -> commit, repeated.
+"""The generic speculative decoding loop at batch 1 (`speculative_decode`): draft a tree
+-> verify it in one target forward -> accept -> commit, repeated; and its EAGLE-2 drafter
+(`EagleDrafter`, `eagle2_decode`).
 
-The same loop serves a dense target and a D-LLM target; what a target forward does
-with the verified tokens (`verify_step`) is the one place SpaDec's variant differs.
-Every piece of state (target cache, head cache, the tree) is passed explicitly.
+Every tree method of the catalog (`eagle2`, `eagle2_dllm`, `eagle2_dllm_robust`,
+`spadec_eagle2` and its ATS variants) runs this one loop, on a dense or a D-LLM target;
+what a target forward does with the tree (`verify_step`) is the one place SpaDec's
+variant differs (`spadec.decoding.spadec`). Every piece of state (target cache, head
+cache, the tree) is passed explicitly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from spadec.decoding.accept import Acceptance, accept_greedy, accept_sampling
 from spadec.decoding.autoregressive import DecodeResult, pick_token, sync
 from spadec.decoding.draft import TreeParams, draft_tree, head_extend
+from spadec.decoding.timing import NO_TIMER, StepTimer
 from spadec.decoding.tree import CompiledTree, DraftTree, compile_tree
 from spadec.decoding.verify import (
     TreePass,
@@ -56,8 +60,8 @@ class StepStats:
             runs = torch.tensor(self.layer_runs, dtype=torch.float32)
             gates = torch.cat(self.path_gates).float()
             out["layer_load_share"] = runs.mean().item()
-            out["layer_load_per_layer"] = [round(x, 4) for x in runs.mean(0).tolist()]
-            out["whole_layer_skip_rate"] = [round(1 - x, 4) for x in runs.mean(0).tolist()]
+            # per layer, the share of target forwards that ran it (as in `dllm_decode`)
+            out["layer_execution_rate"] = [round(x, 4) for x in runs.mean(0).tolist()]
             out["executed_share"] = gates.mean().item()
             if self.splits:
                 # how often one tree's tokens want different things of a layer: what a
@@ -75,24 +79,27 @@ class StepStats:
         return out
 
 
-VerifyStep = Callable[[object, CompiledTree, LayerSkipCache], TreePass]
+# (model, compiled tree, cache, *, timer) -> the pass; a step may time its own sub-parts
+VerifyStep = Callable[..., TreePass]
 StepObserver = Callable[[CompiledTree, Acceptance], None]  # sees every step's tree and result
 
 
-def verify_all_layers(model, compiled: CompiledTree, cache: LayerSkipCache) -> TreePass:
+def verify_all_layers(
+    model, compiled: CompiledTree, cache: LayerSkipCache, timer: StepTimer = NO_TIMER
+) -> TreePass:
     """Plain tree verification: every layer, every token votes (eagle2, eagle2_dllm)."""
     tp = start_tree(model, compiled, cache)
     return run_layers(model, tp, cache, 0, len(model.model.layers))
 
 
-def _accept(compiled, tp: TreePass, logits, temperature, generator, top_p) -> Acceptance:
+def _accept(compiled, tp: TreePass, logits, temperature, generator) -> Acceptance:
     verified = None
     if tp.nodes.numel() != tp.num_nodes:  # pruned nodes were not verified
         verified = torch.zeros(tp.num_nodes, dtype=torch.bool, device=logits.device)
         verified[tp.nodes] = True
     if temperature <= 0:
         return accept_greedy(compiled, logits, verified)
-    return accept_sampling(compiled, logits, temperature, generator, top_p, verified)
+    return accept_sampling(compiled, logits, temperature, generator, verified)
 
 
 class EagleDrafter:
@@ -124,9 +131,10 @@ def eagle2_decode(
     eos_token_id: int | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
-    top_p: float = 1.0,
     verify_step: VerifyStep = verify_all_layers,
     on_step: StepObserver | None = None,
+    step_timing: bool = False,
+    sync_timing: bool = False,
 ) -> DecodeResult:
     """EAGLE-2 decoding of `input_ids` [1, n] with `head` drafting for `target`."""
     drafter = EagleDrafter(head, target.lm_head, params)
@@ -138,9 +146,10 @@ def eagle2_decode(
         eos_token_id,
         temperature,
         generator,
-        top_p,
         verify_step,
         on_step,
+        step_timing,
+        sync_timing,
     )
 
 
@@ -153,17 +162,21 @@ def speculative_decode(
     eos_token_id: int | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
-    top_p: float = 1.0,
     verify_step: VerifyStep = verify_all_layers,
     on_step: StepObserver | None = None,
+    step_timing: bool = False,
+    sync_timing: bool = False,
 ) -> DecodeResult:
     """Generate up to `max_new_tokens` after `input_ids` [1, n] with a tree `drafter`
     (`observe(features, next_tokens)`, `draft(root) -> DraftTree`, `forwards`).
 
     Greedy output equals the target's own greedy decoding token for token. `extra` holds
     tau, the acceptance histogram, per-depth acceptance, verified tokens per step, the
-    layer-load share (share of (step, layer) pairs whose weights were used), whole-layer
-    skip rates and the executed-layer share of the committed tokens.
+    layer-load share (share of (step, layer) pairs whose weights were used), per layer the
+    share of target forwards that ran it (`layer_execution_rate`) and the executed-layer
+    share of the committed tokens. With `step_timing`, `extra["timing"]` holds the
+    seconds of each step of the loop summed over the generation and their shares of the
+    wall time (`spadec.decoding.timing`; `sync_timing`: a CUDA sync at each boundary).
     """
     if input_ids.shape[0] != 1:
         raise ValueError("speculative decoding runs at batch size 1")
@@ -174,6 +187,7 @@ def speculative_decode(
     dtype = target.model.embed_tokens.weight.dtype
     cache = LayerSkipCache.empty(num_layers)
     stats = StepStats()
+    timer = StepTimer(step_timing, device, sync_timing) if step_timing else NO_TIMER
     sync(device)
     start = time.perf_counter()
 
@@ -181,18 +195,24 @@ def speculative_decode(
     tp = run_layers(target, start_chain(target, prompt, cache), cache, 0, num_layers)
     logits, features = finish_pass(target, tp)
     commit(cache, tp, torch.arange(prompt.numel(), device=device))
-    root = pick_token(logits[-1], temperature, generator, top_p)
+    root = pick_token(logits[-1], temperature, generator)
     out = [root]
     drafter.observe(features, torch.cat([prompt[1:], torch.tensor([root], device=device)]))
+    timer.lap("prefill", start)
     forwards = 1
     while not _done(out, max_new_tokens, eos_token_id):
+        t = timer.now()
         compiled = compile_tree(drafter.draft(root), dtype)
-        tp = verify_step(target, compiled, cache)
+        t = timer.lap("draft", t)
+        tp = verify_step(target, compiled, cache, timer=timer)
         logits, features = finish_pass(target, tp)
         # logits/features are in batch order; the batch may hold a subset of the nodes
         logits, features = _scatter(tp, logits), _scatter(tp, features)
-        acc = _accept(compiled, tp, logits, temperature, generator, top_p)
+        t = timer.lap("verify", t)
+        acc = _accept(compiled, tp, logits, temperature, generator)
+        t = timer.lap("accept", t)
         commit(cache, tp, acc.path)
+        timer.lap("commit", t)
         if on_step is not None:
             on_step(compiled, acc)
         forwards += 1
@@ -205,14 +225,18 @@ def speculative_decode(
         out.extend(drafted.tolist())
         out.append(acc.next_token)
         root = acc.next_token
+        t = timer.now()
         drafter.observe(
             features[acc.path], torch.cat([drafted, torch.tensor([root], device=device)])
         )
+        timer.lap("draft", t)
     sync(device)
     wall = time.perf_counter() - start
     out = _truncate(out, max_new_tokens, eos_token_id)
     extra = stats.summary(num_layers)
     extra["draft_forwards"] = drafter.forwards
+    if timer.enabled:
+        extra["timing"] = timer.summary(wall)
     return DecodeResult(out, len(out), wall, forwards, extra)
 
 

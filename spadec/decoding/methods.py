@@ -11,6 +11,11 @@ eagle2_dllm_robust
               EAGLE-2 on SpaDec's D-LLM with its head, every verified token votes
               (the ablation's robust-router row without ATS)
 spadec_eagle2 EAGLE-2 on SpaDec's D-LLM: pre-run K layers, predictor, ATS
+
+peers (reference rows, `spadec.decoding.peers`):
+hf_generate   transformers' `model.generate` on the dense target, greedy
+hf_prompt_lookup
+              the same with its prompt-lookup decoding
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from spadec.decoding.autoregressive import DecodeResult, greedy_decode
+from spadec.decoding.autoregressive import DecodeResult, autoregressive_decode
 from spadec.decoding.catalog import (
     ATS_VARIANTS,
     TARGETS,
@@ -29,13 +34,16 @@ from spadec.decoding.catalog import (
     resolve_target,
     separate_baseline,
 )
+from spadec.decoding.context import check_prompt_fits, context_length
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode, verify_all_layers
+from spadec.decoding.peers import PROMPT_LOOKUP_TOKENS, hf_generate_decode
 from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.targets import load_target
 from spadec.dllm.inference import dllm_decode
-from spadec.eagle.head import EagleHead, load_head
-from spadec.predictor.model import AcceptancePredictor, load_predictor
+from spadec.eagle.head import EagleHead, check_head_fits, load_head
+from spadec.predictor.ats import DEFAULT_ACC_LENGTH
+from spadec.predictor.model import AcceptancePredictor, check_predictor_fits, load_predictor
 
 
 @dataclass
@@ -48,7 +56,7 @@ class Models:
     predictor: AcceptancePredictor | None = None
     separate_baseline: bool = False
     ats_mode: str = "prune"
-    acc_length: int = 3
+    acc_length: int = DEFAULT_ACC_LENGTH
     tokenizer: object = None
 
     def resolve(self, target: str) -> str:
@@ -76,7 +84,7 @@ class Models:
         dtype: str = "float32",
         device=None,
         ats_mode: str = "prune",
-        acc_length: int = 3,
+        acc_length: int = DEFAULT_ACC_LENGTH,
     ) -> Models:
         """Load what `methods` need. `paths` maps target names (dense, dllm,
         dllm_baseline), `head_<target>` and `predictor` to directories; a missing or
@@ -105,10 +113,32 @@ class Models:
         for name in sorted(t for t in TARGETS if f"head_{t}" in needed):
             target = models.targets[name]
             dev = next(target.parameters()).device
-            models.heads[name] = load_head(paths[f"head_{name}"], target.dtype, dev)
+            head = load_head(paths[f"head_{name}"], target.dtype, dev)
+            check_head_fits(head, paths[f"head_{name}"], target, paths[name])
+            models.heads[name] = head
         if "predictor" in needed:
             models.predictor = load_predictor(paths["predictor"], models.device)
+            spadec_target = next(
+                models.resolve(method_info(m).target)
+                for m in methods
+                if base_method(m) == "spadec_eagle2"
+            )
+            check_predictor_fits(
+                models.predictor,
+                paths["predictor"],
+                models.targets[spadec_target],
+                paths[spadec_target],
+            )
         return models
+
+    def check_prompt(
+        self, method: str, prompt_tokens: int, max_new_tokens: int, params: TreeParams
+    ) -> None:
+        """Refuse (PromptTooLongError) a prompt that would run `method`'s target past its
+        context; a tree method also needs room for its deepest draft."""
+        tree_room = 0 if method_info(method).head is None else params.depth
+        context = context_length(self.target(method_info(method).target))
+        check_prompt_fits(prompt_tokens, max_new_tokens, context, tree_room)
 
 
 def run_method(
@@ -120,12 +150,23 @@ def run_method(
     eos_token_id: int | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    step_timing: bool = False,
+    sync_timing: bool = False,
 ) -> DecodeResult:
+    """Decode `input_ids` [1, n] with `method`. `step_timing` adds per-step timings to a
+    tree method's result (`extra["timing"]`); `sync_timing` synchronises the device at
+    each timed boundary (CUDA only: honest parts, slower loop)."""
     info = method_info(method)
     target = models.target(info.target)
+    models.check_prompt(method, input_ids.shape[-1], max_new_tokens, params)
     if method == "ar":
-        return greedy_decode(
+        return autoregressive_decode(
             target, input_ids, max_new_tokens, eos_token_id, temperature, generator
+        )
+    if info.peer:
+        lookup = PROMPT_LOOKUP_TOKENS if method == "hf_prompt_lookup" else None
+        return hf_generate_decode(
+            target, input_ids, max_new_tokens, eos_token_id, temperature, lookup, generator
         )
     if info.plain:
         return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
@@ -143,6 +184,8 @@ def run_method(
         temperature,
         generator,
         verify_step=verify,
+        step_timing=step_timing,
+        sync_timing=sync_timing,
     )
     if mode is not None:
         result.extra["ats_mode"] = mode

@@ -16,25 +16,31 @@ from collections.abc import Callable
 
 import torch
 
+from spadec.decoding.timing import NO_TIMER, StepTimer
 from spadec.decoding.tree import CompiledTree
 from spadec.decoding.verify import TreePass, keep_nodes, run_layers, start_tree
 from spadec.dllm.cache import LayerSkipCache
-from spadec.predictor.ats import MODES, select
+from spadec.predictor.ats import DEFAULT_ACC_LENGTH, MODES, select
 
 
-def spadec_verify_step(predictor, mode: str, acc_length: int = 3) -> Callable:
+def spadec_verify_step(predictor, mode: str, acc_length: int = DEFAULT_ACC_LENGTH) -> Callable:
     if mode not in MODES:
         raise ValueError(f"unknown ATS mode '{mode}' (one of {', '.join(MODES)})")
 
-    def verify(model, compiled: CompiledTree, cache: LayerSkipCache) -> TreePass:
+    def verify(
+        model, compiled: CompiledTree, cache: LayerSkipCache, timer: StepTimer = NO_TIMER
+    ) -> TreePass:
         num_layers = len(model.model.layers)
         k = predictor.layer_k
         if not 0 < k < num_layers:
             raise ValueError(f"predictor layer_k {k} must lie in 1..{num_layers - 1}")
+        t = timer.now()
         tp = start_tree(model, compiled, cache)
         run_layers(model, tp, cache, 0, k)
+        t = timer.lap("verify_first_k", t)
         probs = predictor.score_tree(tp.hidden[0], compiled)
         chosen = select(compiled, probs, acc_length)
+        timer.lap("predictor_ats", t)
         if mode == "prune":
             keep_nodes(tp, chosen.keep)
             return run_layers(model, tp, cache, k, num_layers)
@@ -47,7 +53,9 @@ def recording_verify_step(layer_k: int, sink: list) -> Callable:
     """Plain tree verification (every token votes) that also appends each pass's layer-K
     hidden states [T, d] to `sink` (predictor training data)."""
 
-    def verify(model, compiled: CompiledTree, cache: LayerSkipCache) -> TreePass:
+    def verify(
+        model, compiled: CompiledTree, cache: LayerSkipCache, timer: StepTimer = NO_TIMER
+    ) -> TreePass:
         tp = start_tree(model, compiled, cache)
         run_layers(model, tp, cache, 0, layer_k)
         sink.append(tp.hidden[0].detach().clone())

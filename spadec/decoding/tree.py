@@ -90,8 +90,3 @@ def compile_tree(tree: DraftTree, dtype: torch.dtype = torch.float32) -> Compile
     rows, cols = ancestors[leaves].nonzero(as_tuple=True)
     retrieve[rows, depth[cols]] = cols
     return CompiledTree(tree, ancestors, bias, depth, retrieve)
-
-
-def path_to(compiled: CompiledTree, node: int) -> torch.Tensor:
-    """Node indices from the root to `node`, root first."""
-    return compiled.ancestors[node].nonzero().flatten()

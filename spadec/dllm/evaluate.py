@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from spadec.base.chat import dialogue_text, prompt_ids
-from spadec.decoding.autoregressive import greedy_decode
+from spadec.data.prepare import sample_prompts_file
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.dllm.cache import LayerSkipCache
 from spadec.dllm.data import IGNORE, encode_example
 from spadec.dllm.inference import dllm_decode, forward_step
@@ -114,10 +115,10 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
         dllm_score["routing"]["dynamic_layers"],
     )
 
-    prompts = read_jsonl(data_dir / "eval_heldout.jsonl")[: ev["decode_prompts"]]
+    prompts = read_jsonl(sample_prompts_file(data_dir))[: ev["decode_prompts"]]
     device = next(dense.parameters()).device
     warm = torch.tensor([prompt_ids(tokenizer, "Hello")], device=device)
-    greedy_decode(dense, warm, 4)
+    autoregressive_decode(dense, warm, 4)
     dllm_decode(dllm, warm, 4)
     totals = {"dense": [0, 0.0], "dllm": [0, 0.0]}
     decode_shares, samples = [], []
@@ -125,7 +126,7 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
         ids = torch.tensor([prompt_ids(tokenizer, rec["turns"][0])], device=device)
         n = ev["max_new_tokens"]
         # Same number of tokens for both (no early stop), so the speeds compare like for like.
-        d = greedy_decode(dense, ids, n)
+        d = autoregressive_decode(dense, ids, n)
         s = dllm_decode(dllm, ids, n)
         totals["dense"][0] += d.new_tokens
         totals["dense"][1] += d.wall_s

@@ -8,6 +8,9 @@ from torch.nn import functional as F
 
 # Column 0 of the router's logits is "skip", column 1 "execute".
 SKIP, EXECUTE = 0, 1
+# The freshly built router's output bias (skip, execute): it starts by executing nearly
+# everything (p_execute = sigmoid(1.9) ~ 0.87), as the published recipe does.
+INITIAL_BIAS = (0.1, 2.0)
 
 
 def quantize_router_input(x: torch.Tensor, bits: int | None) -> torch.Tensor:
@@ -44,8 +47,7 @@ class Router(nn.Module):
         nn.init.ones_(self.norm.weight)
         nn.init.normal_(self.linear_2.weight, std=self.linear_2.in_features**-0.5 * 0.1)
         with torch.no_grad():
-            # Start by executing nearly everything (as the published recipe does).
-            self.linear_2.bias.copy_(torch.tensor([0.1, 2.0]))
+            self.linear_2.bias.copy_(torch.tensor(INITIAL_BIAS))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., 2] in float32 (decisions must not flip with the model's dtype)."""

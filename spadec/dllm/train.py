@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,10 +23,12 @@ from spadec.checkpoint import latest_checkpoint, save_checkpoint
 from spadec.config import config_hash
 from spadec.dllm.build import dllm_from_base
 from spadec.dllm.data import IGNORE, collate, encode_example
+from spadec.dllm.share_targets import check_layer_profile, dynamic_layer_rate
 from spadec.io import atomic_dir, read_jsonl, write_json
 from spadec.logs import progress
 from spadec.pacing import paced
 from spadec.provenance import RunInfo
+from spadec.training import ADAMW_BETAS, epoch_seed, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ def activation_loss(
     constraint: str = "token",
     dynamic_start: int = 0,
     layer_band: tuple[float, float] | None = None,
+    layer_profile: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sparsity loss, mean executed share) over real tokens at positions >= reserve.
 
@@ -53,6 +57,10 @@ def activation_loss(
       use more or fewer layers as the language-model loss rewards;
     - "layer": each dynamic layer's execution rate over the batch's tokens, at the rate that
       gives `target` overall -- no layer can be pruned for every token.
+    `layer_profile` (with "layer") replaces the one rate by a set of rates, one per dynamic
+    layer, matched by rank: the rarest layer is held at the lowest rate, and so on. Which
+    layer gets which rate is left to the language-model loss; the skip budget goes to a
+    few layers that few tokens run instead of being spread over all of them.
     `layer_band` (lo, hi) adds, per dynamic layer, how far its rate over the batch lies
     outside [lo, hi]: a layer may be run by few tokens or by most, but not by none or all.
     """
@@ -67,6 +75,9 @@ def activation_loss(
         loss = (mask * (share - target).abs()).sum() / denom
     elif constraint == "batch":
         loss = (mean_share - target).abs()
+    elif constraint == "layer" and layer_profile is not None:
+        profile = torch.tensor(sorted(layer_profile), dtype=rates.dtype, device=rates.device)
+        loss = (torch.sort(rates).values - profile).abs().mean()
     elif constraint == "layer":
         layer_target = dynamic_layer_rate(target, gates.shape[-1], dynamic_start)
         loss = (rates - layer_target).abs().mean()
@@ -76,18 +87,6 @@ def activation_loss(
         lo, hi = layer_band
         loss = loss + ((lo - rates).clamp(min=0) + (rates - hi).clamp(min=0)).mean()
     return loss, mean_share
-
-
-def dynamic_layer_rate(target: float, num_layers: int, dynamic_start: int) -> float:
-    """The execution rate of each dynamic layer that gives `target` over all layers."""
-    dynamic = num_layers - dynamic_start
-    rate = (target * num_layers - dynamic_start) / dynamic if dynamic > 0 else -1.0
-    if not 0 < rate <= 1:
-        raise ValueError(
-            f"target_share {target} cannot be met with {dynamic_start} static layers of "
-            f"{num_layers}: the dynamic layers would have to run at rate {rate:.3f}"
-        )
-    return rate
 
 
 def router_noise(step: int, total: int, start: float, final: float) -> float:
@@ -144,7 +143,15 @@ def finetune(
     torch.manual_seed(seed)
     model = dllm_from_base(base_dir, settings)
     cfg = model.config
-    if settings["share_constraint"] == "layer":  # fail before any training
+    # fail before any training
+    profile = settings["layer_rate_profile"]
+    if profile is not None:
+        check_layer_profile(
+            profile, cfg.target_share, cfg.num_hidden_layers, cfg.dynamic_start_layer
+        )
+        if settings["share_constraint"] != "layer":
+            raise ValueError("layer_rate_profile needs share_constraint: layer")
+    elif settings["share_constraint"] == "layer":
         dynamic_layer_rate(cfg.target_share, cfg.num_hidden_layers, cfg.dynamic_start_layer)
     band = settings["layer_rate_band"]
     if band is not None and not band[0] <= band[1]:
@@ -170,7 +177,7 @@ def finetune(
     warmup = round(settings["warmup_epochs"] * steps_per_epoch)
     peak_lr = settings["base_lr"] * batch * world / 256
     optimizer = torch.optim.AdamW(
-        _param_groups(model, settings["weight_decay"]), lr=peak_lr, betas=(0.9, 0.95)
+        _param_groups(model, settings["weight_decay"]), lr=peak_lr, betas=ADAMW_BETAS
     )
     start, history = 0, []
     ckpt = latest_checkpoint(ckpt_dir, settings_hash)
@@ -206,13 +213,13 @@ def finetune(
     for step in paced(bar):
         epoch, pos = divmod(step, steps_per_epoch)
         order = list(range(len(examples)))
-        random.Random(seed * 7919 + epoch).shuffle(order)
+        random.Random(epoch_seed(seed, epoch)).shuffle(order)
         first = (pos * world + accel.process_index) * batch
         rows = collate([examples[i] for i in order[first : first + batch]], tokenizer.pad_token_id)
         rows = {k: v.to(accel.device) for k, v in rows.items()}
         # Gumbel noise and dropout depend on (seed, step, rank) only: a resumed run draws
         # exactly what the unbroken run drew.
-        torch.manual_seed(seed * 1_000_003 + step * world + accel.process_index)
+        torch.manual_seed(step_seed(seed, step, world, accel.process_index))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, warmup, peak_lr)
         noise = router_noise(
@@ -228,6 +235,7 @@ def finetune(
             settings["share_constraint"],
             cfg.dynamic_start_layer,
             settings["layer_rate_band"],
+            settings["layer_rate_profile"],
         )
         lam = sparsity_weight(step / steps_per_epoch, settings["epochs"], settings["lambda_max"])
         loss = out.loss + lam * a_loss

@@ -11,11 +11,10 @@ heads (`embed_tokens`, `fc`, `layers.0.*`), stored as safetensors next to `confi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import (
@@ -24,6 +23,13 @@ from transformers.models.llama.modeling_llama import (
     repeat_kv,
 )
 
+from spadec.artefacts import (
+    ArtefactError,
+    check_matches,
+    first_line,
+    load_safetensors,
+    read_config_json,
+)
 from spadec.dllm.modeling import attention_output, causal_mask, project_qkv
 from spadec.io import atomic_dir, write_json
 
@@ -43,7 +49,7 @@ GEOMETRY = (
 )
 
 
-class HeadError(ValueError):
+class HeadError(ArtefactError):
     """A head directory that cannot be loaded (missing file, wrong shapes)."""
 
 
@@ -104,12 +110,18 @@ class EagleHead(nn.Module):
         return attention_output(attn, scores * attn.scaling + additive_mask, v)
 
 
+def init_head(target_config, embedding: torch.Tensor) -> EagleHead:
+    """A freshly initialised head for a target of `target_config`, whose token embedding
+    [V, d] it copies (and keeps frozen)."""
+    head = EagleHead(head_config_for(target_config))
+    with torch.no_grad():
+        head.embed_tokens.weight.copy_(embedding)
+    return head
+
+
 def new_head(target) -> EagleHead:
     """A freshly initialised head for `target` (a causal LM), its embedding copied."""
-    head = EagleHead(head_config_for(target.config))
-    with torch.no_grad():
-        head.embed_tokens.weight.copy_(target.get_input_embeddings().weight)
-    return head
+    return init_head(target.config, target.get_input_embeddings().weight)
 
 
 def save_head(head: EagleHead, out_dir: str | Path, extra_files: dict | None = None) -> None:
@@ -129,14 +141,19 @@ def load_head(head_dir: str | Path, dtype=torch.float32, device="cpu") -> EagleH
     weights = head_dir / HEAD_FILE
     if not (head_dir / "config.json").is_file() or not weights.is_file():
         raise HeadError(f"{head_dir}: an EAGLE head needs config.json and {HEAD_FILE}")
-    try:
-        fields = json.loads((head_dir / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise HeadError(f"{head_dir}/config.json is not valid JSON: {err}") from None
+    fields = read_config_json(head_dir / "config.json")
     fields.pop("model_type", None)
-    head = EagleHead(LlamaConfig(**fields))
-    state = load_file(weights)
-    missing, unexpected = head.load_state_dict(state, strict=False)
+    try:
+        head = EagleHead(LlamaConfig(**fields))
+    except (TypeError, ValueError, KeyError) as err:
+        raise HeadError(
+            f"{head_dir}/config.json: not an EAGLE head config ({first_line(err)})"
+        ) from None
+    state = load_safetensors(weights)
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor whose shape differs from the config's
+        raise HeadError(f"{weights}: weights do not match the config ({first_line(err)})") from None
     missing = [k for k in missing if not k.startswith("rotary_emb.")]
     if missing or unexpected:
         raise HeadError(
@@ -148,3 +165,11 @@ def load_head(head_dir: str | Path, dtype=torch.float32, device="cpu") -> EagleH
     # would rotate by visibly different angles at long positions and cost acceptance.
     head.rotary_emb = LlamaRotaryEmbedding(head.config).to(device)
     return head.eval()
+
+
+def check_head_fits(head: EagleHead, head_dir, target, target_dir) -> None:
+    """A head drafts with the target's LM head on the target's features: its hidden size
+    and vocabulary must be the target's (a head of another model fails here, named)."""
+    for what, key in (("head hidden size", "hidden_size"), ("head vocabulary", "vocab_size")):
+        ours, theirs = getattr(head.config, key), getattr(target.config, key)
+        check_matches(what, head_dir, ours, theirs, target_dir)

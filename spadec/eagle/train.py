@@ -33,12 +33,13 @@ from spadec.eagle.ds_runtime import (
     resume,
     save,
 )
-from spadec.eagle.head import EagleHead, head_config_for, save_head
+from spadec.eagle.head import EagleHead, init_head, save_head
 from spadec.eagle.losses import combined_loss, head_losses
 from spadec.io import read_json
 from spadec.logs import progress
 from spadec.pacing import paced
 from spadec.provenance import RunInfo
+from spadec.training import ADAMW_BETAS, epoch_seed, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def split_samples(n: int, heldout_fraction: float, seed: int) -> tuple[list[int]
 def epoch_order(train: list[int], seed: int, epoch: int) -> list[int]:
     """The train samples in the order epoch `epoch` visits them (the same on every rank)."""
     order = list(train)
-    random.Random(seed * 7919 + epoch).shuffle(order)
+    random.Random(epoch_seed(seed, epoch)).shuffle(order)
     return order
 
 
@@ -367,12 +368,10 @@ def _engine(settings: dict, config, embed: torch.Tensor, ds_config: dict):
             f"train_precision '{precision}' is not supported by the {accel.device_name()} accelerator"
         )
     torch.manual_seed(settings["seed"])  # initial weights (DeepSpeed broadcasts rank 0's)
-    head = EagleHead(head_config_for(config))
-    with torch.no_grad():
-        head.embed_tokens.weight.copy_(embed)
+    head = init_head(config, embed)
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=settings["lr"], betas=(0.9, 0.95), weight_decay=settings["weight_decay"]
+        trainable, lr=settings["lr"], betas=ADAMW_BETAS, weight_decay=settings["weight_decay"]
     )
     engine, _, _, _ = deepspeed.initialize(
         model=head, model_parameters=trainable, optimizer=optimizer, config=ds_config
@@ -406,7 +405,7 @@ def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settin
             batch = _batch(reader, idx, settings["max_len"], device)
             # Noise (and any dropout) depends on (seed, micro-step, rank) only: a resumed
             # run draws what the unbroken run drew.
-            torch.manual_seed(seed * 1_000_003 + k * plan.world + plan.rank)
+            torch.manual_seed(step_seed(seed, k, plan.world, plan.rank))
             feats = batch["features"]
             if amplitude > 0:
                 noise = (torch.rand(feats.shape, device=device) - 0.5) * amplitude

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from spadec.base.chat import prompt_ids
 from spadec.decoding.catalog import is_plain, references, separate_baseline, with_references
+from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.methods import Models
+from spadec.decoding.timing import DEFAULT_STEP_TIMING
 from spadec.eval.speed import run_side_by_side, summarize
 from spadec.io import read_jsonl
 
@@ -97,6 +99,14 @@ def evaluate_bench(
     tok = models.tokenizer
     prompts = [(str(q["id"]), prompt_ids(tok, q["turns"][0])) for q in questions]
     params = TreeParams.from_settings(decode)
+    # Refuse before any timing: a prompt too long for the context would otherwise stop
+    # the run at that prompt, after the methods before it had run.
+    for prompt_id, ids in prompts:
+        for method in methods:
+            try:
+                models.check_prompt(method, len(ids), speed["max_new_tokens"], params)
+            except PromptTooLongError as err:
+                raise PromptTooLongError(f"benchmark {bench}, prompt {prompt_id}: {err}") from None
     records = run_side_by_side(
         models,
         methods,
@@ -107,6 +117,8 @@ def evaluate_bench(
         warmup=speed["warmup_prompts"],
         temperature=speed["temperature"],
         seed=speed["seed"],
+        step_timing=speed.get("step_timing", DEFAULT_STEP_TIMING),
+        sync_timing=speed.get("sync_timing", False),
     )
     text = {str(q["id"]): q["turns"][0] for q in questions}
     for r in records:

@@ -11,7 +11,14 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from spadec.decoding.catalog import DENSE_METHODS, LABELS, METHOD_ORDER, is_plain  # noqa: E402
+from spadec.decoding.catalog import (  # noqa: E402
+    DENSE_METHODS,
+    METHOD_ORDER,
+    colour,
+    is_peer,
+    label,
+)
+from spadec.eval.tables import LAYER_RATE  # noqa: E402
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -30,7 +37,16 @@ def _grouped_bars(ax, df: pd.DataFrame, value: str, methods: list[str], err: str
                 ys.append(float(sub.at[g, value]))
                 es.append(float(sub.at[g, err]) if err else 0.0)
         bars = ax.bar(
-            xs, ys, width, label=LABELS.get(method, method), yerr=es if err else None, capsize=2
+            xs,
+            ys,
+            width,
+            label=label(method),
+            color=colour(method),
+            yerr=es if err else None,
+            capsize=2,
+            # peers (someone else's decoder, a reference row) are hatched
+            hatch="//" if is_peer(method) else None,
+            edgecolor="dimgray" if is_peer(method) else None,
         )
         # values inside the bars: above them sit the error bars
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, label_type="center")
@@ -91,11 +107,10 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
         )
         rank = {m: i for i, m in enumerate(METHOD_ORDER)}
         for method in sorted(dict.fromkeys(sub["method"]), key=lambda m: rank.get(m, len(rank))):
-            col = "layer_execution_rate" if is_plain(method) else "layer_load_per_layer"
             rows = sub[sub["method"] == method]
-            if col not in rows or rows[col].isna().all() or method in DENSE_METHODS:
+            if LAYER_RATE not in rows or rows[LAYER_RATE].isna().all() or method in DENSE_METHODS:
                 continue
-            per_layer = pd.DataFrame(rows[col].dropna().tolist()).mean(0)
+            per_layer = pd.DataFrame(rows[LAYER_RATE].dropna().tolist()).mean(0)
             style, size = next(styles)
             ax.plot(
                 per_layer.index,
@@ -103,7 +118,8 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
                 linestyle=style,
                 marker="o",
                 ms=size,
-                label=LABELS.get(method, method),
+                label=label(method),
+                color=colour(method),
             )
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("layer")

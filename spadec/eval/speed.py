@@ -5,6 +5,11 @@ prompt, every method runs back to back, in an order rotated from prompt to promp
 method always runs on a warmer cache; device syncs bracket each timed call (inside the
 decoders). Speedups are computed offline from the records, both as the mean of
 per-prompt ratios (the paper's definition) and as the ratio of total throughputs.
+
+Peers (`hf_generate`, `hf_prompt_lookup`: transformers' decoders) run in the same rotation
+on the same prompts; their records say whether their output equals `ar`'s
+(`same_output_as_ar`). With step timing on, a tree method's record holds where its time
+went (`timing`, `spadec.decoding.timing`) and the summary sums it per method.
 """
 
 from __future__ import annotations
@@ -14,9 +19,15 @@ from collections.abc import Sequence
 
 import torch
 
+from spadec.decoding.catalog import is_peer
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.methods import Models, run_method
+from spadec.decoding.timing import sum_timings
 from spadec.logs import progress
+
+# a sampled run's generator for prompt i is seeded with seed * stride + i: every method
+# draws the same stream on a prompt, and no two (seed, prompt) pairs share one
+PROMPT_SEED_STRIDE = 100_003
 
 
 def run_side_by_side(
@@ -29,14 +40,26 @@ def run_side_by_side(
     warmup: int = 1,
     temperature: float = 0.0,
     seed: int = 0,
+    step_timing: bool = False,
+    sync_timing: bool = False,
 ) -> list[dict]:
-    """One record per (prompt, method): ids, timings, counters and output ids."""
+    """One record per (prompt, method): ids, timings, counters and output ids
+    (`step_timing`, `sync_timing`: see `run_method`)."""
     device = models.device
 
     def one(method, ids, prompt_idx):
-        gen = torch.Generator().manual_seed(seed * 100_003 + prompt_idx)
+        gen = torch.Generator().manual_seed(seed * PROMPT_SEED_STRIDE + prompt_idx)
         return run_method(
-            method, models, ids, max_new_tokens, params, eos_token_id, temperature, gen
+            method,
+            models,
+            ids,
+            max_new_tokens,
+            params,
+            eos_token_id,
+            temperature,
+            gen,
+            step_timing=step_timing,
+            sync_timing=sync_timing,
         )
 
     for _, p in prompts[:warmup]:
@@ -46,9 +69,10 @@ def run_side_by_side(
     for i, (prompt_id, p) in enumerate(progress(prompts, desc="side-by-side")):
         ids = torch.tensor([p], device=device)
         order = list(methods[i % len(methods) :]) + list(methods[: i % len(methods)])
+        here = []
         for method in order:
             res = one(method, ids, i)
-            records.append(
+            here.append(
                 {
                     "prompt_id": prompt_id,
                     "method": method,
@@ -61,6 +85,11 @@ def run_side_by_side(
                     "output_ids": res.output_ids,
                 }
             )
+        ar = next((r["output_ids"] for r in here if r["method"] == "ar"), None)
+        for r in here:
+            if is_peer(r["method"]) and ar is not None:
+                r["same_output_as_ar"] = r["output_ids"] == ar
+        records.extend(here)
     return records
 
 
@@ -88,6 +117,9 @@ def summarize(records: list[dict], baseline: dict[str, str]) -> dict:
             vals = [r[key] for r in rows.values() if key in r]
             if vals:
                 entry[key] = statistics.fmean(vals)
+        timings = [r["timing"] for r in rows.values() if isinstance(r.get("timing"), dict)]
+        if timings:  # seconds per step summed over the generations, shares of their wall
+            entry["timing"] = sum_timings(timings)
         base = baseline.get(method)
         if base and base in by:
             pairs = [(r, by[base][pid]) for pid, r in rows.items() if pid in by[base]]

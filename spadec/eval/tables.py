@@ -8,6 +8,11 @@ token-sequence similarity for lossy methods) and with the method's own lossless
 reference: plain decoding of the same target (`ar` for dense methods, `dllm` for the
 baseline D-LLM's, `dllm_robust` for SpaDec's; `spadec.decoding.catalog`), which greedy
 speculative decoding must reproduce exactly.
+
+Peers (`hf_generate`, `hf_prompt_lookup`: transformers' own decoders on the dense target,
+timed in the same run) are reference rows: each row also gives the method's speedup over
+each peer present (`speedup_vs_<peer>`, mean of per-prompt ratios), so every speedup is
+read against what a user would run instead, and whether its output equals `ar`'s.
 """
 
 from __future__ import annotations
@@ -22,15 +27,21 @@ import pandas as pd
 from spadec.decoding.catalog import (
     DENSE_METHODS,
     METHOD_ORDER,
+    PEERS,
     default_target,
+    is_peer,
     is_plain,
     references,
 )
+from spadec.decoding.timing import PARTS
 from spadec.eval.speed import summarize
 from spadec.io import read_jsonl
 
 KEY = ["model", "bench", "method"]
 REQUIRED = ("model", "bench", "method", "prompt_id", "new_tokens", "wall_s", "output_ids")
+# per layer, the share of target forwards that ran it; tree methods' records before the
+# rename call it OLD_RATE
+LAYER_RATE, OLD_RATE = "layer_execution_rate", "layer_load_per_layer"
 
 
 class RecordsError(ValueError):
@@ -75,6 +86,11 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
             f"duplicate record for {first['model']}/{first['bench']}/{first['method']}"
             f" prompt {first['prompt_id']}"
         )
+    if OLD_RATE in df:  # records written before both decoders named the per-layer load alike
+        old = df.pop(OLD_RATE)
+        df[LAYER_RATE] = (
+            df[LAYER_RATE].where(df[LAYER_RATE].notna(), old) if LAYER_RATE in df else old
+        )
     df["tokens_per_s"] = df["new_tokens"] / df["wall_s"]
     return df
 
@@ -104,9 +120,14 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, bench), group in df.groupby(KEY[:2], sort=False):
         # the ratios themselves are spadec.eval.speed.summarize's (one definition)
-        summary = summarize(
-            _present(group), {m: "ar" for m in group["method"].unique() if m != "ar"}
-        )
+        present = _present(group)
+        summary = summarize(present, {m: "ar" for m in group["method"].unique() if m != "ar"})
+        methods = group["method"].unique()
+        vs_peer = {
+            peer: summarize(present, {m: peer for m in methods if m != peer})
+            for peer in PEERS
+            if peer in methods
+        }
         for method, g in group.groupby("method", sort=False):
             s = summary[method]
             n, std = s["prompts"], s.get("speedup_std", 0.0)
@@ -121,6 +142,8 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
                 "speedup_std": std,
                 "speedup_ci95": 1.96 * std / math.sqrt(n),
                 "speedup_total": s.get("speedup_ratio_of_totals", 1.0),
+                "peer": is_peer(method),
+                "same_output_as_ar": s.get("same_output_as_baseline", 1.0),
                 "new_tokens": int(tokens),
                 "target_forwards_per_token": g["target_forwards"].sum() / tokens
                 if "target_forwards" in g
@@ -134,6 +157,14 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
                 row["draft_forwards_per_token"] = g["draft_forwards"].sum() / tokens
             else:
                 row["draft_forwards_per_token"] = 0.0 if is_plain(method) else math.nan
+            timing = s.get("timing")  # where the time went (tree methods, if recorded)
+            for part in (*PARTS, "host") if timing else ():
+                row[f"time_share_{part}"] = timing["shares"].get(part, math.nan)
+            for peer in PEERS:
+                if peer in vs_peer:
+                    row[f"speedup_vs_{peer}"] = vs_peer[peer][method].get(
+                        "speedup_mean_of_ratios", 1.0
+                    )
             rows.append(row)
     return _order(pd.DataFrame(rows))
 

@@ -23,6 +23,8 @@ import torch
 from spadec.decoding.tree import CompiledTree
 
 MODES = ("prune", "steer")
+# depth up to which w(d) grows (the published code's and the schema's default)
+DEFAULT_ACC_LENGTH = 3
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,16 @@ class Selection:
     path: torch.Tensor  # [T] bool: the depth-weighted best path (root included)
 
 
-def depth_weights(depth: torch.Tensor, acc_length: int = 3) -> torch.Tensor:
+def depth_weights(depth: torch.Tensor, acc_length: int = DEFAULT_ACC_LENGTH) -> torch.Tensor:
     d = depth.float()
     near = torch.log(d + 1)
     far = 1 / torch.cosh(d - acc_length)
     return torch.where(depth < acc_length, near, far)
 
 
-def select(compiled: CompiledTree, probs: torch.Tensor, acc_length: int = 3) -> Selection:
+def select(
+    compiled: CompiledTree, probs: torch.Tensor, acc_length: int = DEFAULT_ACC_LENGTH
+) -> Selection:
     anc = compiled.ancestors.float()  # [T, T], row i = i and its ancestors
     below = (probs < probs.mean()).float()
     below[0] = 0.0  # the root is never pruned

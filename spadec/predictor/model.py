@@ -16,20 +16,20 @@ Stored as `config.json` ({hidden_size, layer_k, draft_features}) + `model.safete
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from spadec.artefacts import ArtefactError, check_matches, load_safetensors, read_config_json
 from spadec.io import atomic_dir, write_json
 
 WEIGHTS = "model.safetensors"
 
 
-class PredictorError(ValueError):
+class PredictorError(ArtefactError):
     """A predictor file that cannot be used (missing, wrong keys or shapes)."""
 
 
@@ -114,14 +114,42 @@ def load_predictor(model_dir: str | Path, device="cpu") -> AcceptancePredictor:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() or not (model_dir / WEIGHTS).is_file():
         raise PredictorError(f"{model_dir}: a predictor needs config.json and {WEIGHTS}")
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config_json(model_dir / "config.json")
+    layer_k = config.get("layer_k")
+    if not isinstance(layer_k, int) or isinstance(layer_k, bool) or layer_k < 1:
+        raise PredictorError(
+            f"{model_dir}/config.json: 'layer_k' must be a positive integer, got {layer_k!r}"
+        )
     model = _from_state(
-        load_file(model_dir / WEIGHTS),
-        config["layer_k"],
-        str(model_dir),
+        load_safetensors(model_dir / WEIGHTS),
+        layer_k,
+        str(model_dir / WEIGHTS),
         config.get("draft_features", False),
     )
+    if config.get("hidden_size", model.hidden_size) != model.hidden_size:
+        raise PredictorError(
+            f"{model_dir / WEIGHTS}: weights for hidden size {model.hidden_size}, "
+            f"config.json says {config['hidden_size']}"
+        )
     return model.to(device)
+
+
+def check_predictor_fits(predictor: AcceptancePredictor, model_dir, target, target_dir) -> None:
+    """The predictor reads the target's residual stream after `layer_k` layers: its input
+    width must be the target's hidden size, and layer K must leave layers to skip."""
+    check_matches(
+        "predictor hidden size",
+        model_dir,
+        predictor.hidden_size,
+        target.config.hidden_size,
+        target_dir,
+    )
+    layers = target.config.num_hidden_layers
+    if predictor.layer_k >= layers:
+        raise PredictorError(
+            f"{model_dir}: predictor layer_k {predictor.layer_k} must be below the target's "
+            f"{layers} layers ({target_dir})"
+        )
 
 
 def import_published(pth: str | Path, layer_k: int, out_dir: str | Path) -> AcceptancePredictor:

@@ -37,12 +37,12 @@ def _tiny_llama(dtype=torch.float32):
 
 
 def test_greedy_decode_on_cuda_matches_cpu():
-    from spadec.decoding.autoregressive import greedy_decode
+    from spadec.decoding.autoregressive import autoregressive_decode
 
     model = _tiny_llama()
     ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(1))
-    cpu = greedy_decode(model, ids, 24)
-    gpu = greedy_decode(model.cuda(), ids.cuda(), 24)
+    cpu = autoregressive_decode(model, ids, 24)
+    gpu = autoregressive_decode(model.cuda(), ids.cuda(), 24)
     assert gpu.output_ids == cpu.output_ids
     assert gpu.target_forwards == 24
 
@@ -149,7 +149,7 @@ def test_eagle2_on_cuda_is_lossless_and_matches_cpu():
     (fp32: bf16 kernels round differently for different batch shapes, so exact equality
     is only promised where the arithmetic is exact enough to keep argmax ties apart)."""
     dtype = torch.float32
-    from spadec.decoding.autoregressive import greedy_decode
+    from spadec.decoding.autoregressive import autoregressive_decode
     from spadec.decoding.draft import TreeParams
     from spadec.decoding.eagle2 import eagle2_decode
     from spadec.eagle.head import new_head
@@ -159,7 +159,7 @@ def test_eagle2_on_cuda_is_lossless_and_matches_cpu():
     ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(1))
     params = TreeParams(24, 4, 4)
     gpu_model, gpu_head = model.cuda(), head.cuda()
-    ar = greedy_decode(gpu_model, ids.cuda(), 32)
+    ar = autoregressive_decode(gpu_model, ids.cuda(), 32)
     ours = eagle2_decode(gpu_model, gpu_head, ids.cuda(), params, 32)
     assert ours.output_ids == ar.output_ids
     cpu = eagle2_decode(model.cpu(), head.cpu(), ids, params, 32)

@@ -204,7 +204,7 @@ def test_gguf_package_source_gives_a_real_instruct_model(micro_config, micro_dat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from spadec.base.chat import prompt_ids
-    from spadec.decoding.autoregressive import greedy_decode
+    from spadec.decoding.autoregressive import autoregressive_decode
 
     settings = resolve_stage(micro_config, "micro", "base")
     settings.update(source="gguf_package")
@@ -215,7 +215,7 @@ def test_gguf_package_source_gives_a_real_instruct_model(micro_config, micro_dat
     tok = AutoTokenizer.from_pretrained(tmp_path / "base")
     assert model.config.num_key_value_heads == 3 and tok.chat_template
     ids = torch.tensor([prompt_ids(tok, "What is the capital of France? Answer in one sentence.")])
-    answer = tok.decode(greedy_decode(model, ids, 12, tok.eos_token_id).output_ids)
+    answer = tok.decode(autoregressive_decode(model, ids, 12, tok.eos_token_id).output_ids)
     assert "Paris" in answer
 
 

@@ -62,3 +62,16 @@ def test_the_schemas_method_list_is_the_catalogs():
     methods = load_schema()["$defs"]["eval"]["properties"]["methods"]
     assert methods["items"]["enum"] == list(METHODS)
     assert set(methods["default"]) <= set(METHODS)
+
+
+def test_every_method_has_its_own_label_and_colour():
+    from matplotlib.colors import to_rgba
+
+    from spadec.decoding.catalog import METHOD_ORDER, STYLES, colour, label
+
+    assert set(STYLES) == set(METHOD_ORDER)
+    labels = [label(m) for m in METHOD_ORDER]
+    colours = [to_rgba(colour(m)) for m in METHOD_ORDER]  # a valid matplotlib colour each
+    assert len(set(labels)) == len(labels)
+    assert len(set(colours)) == len(colours)
+    assert label("medusa") == "medusa" and colour("medusa") is None

@@ -83,13 +83,13 @@ def test_missing_dataset_file_is_named(tmp_path):
 def test_defaults_are_filled_and_model_overrides_win():
     config = validate_config(
         {
-            "models": {"a": {}, "b": {"base": {"pretrain": {"num_layers": 3}}}},
+            "models": {"a": {}, "b": {"base": {"pretrain": {"num_layers": 7}}}},
             "base": {"pretrain": {"hidden_size": 128}},
         }
     )
     a, b = resolve_stage(config, "a", "base"), resolve_stage(config, "b", "base")
     assert a["pretrain"]["num_layers"] == 8  # schema default
-    assert b["pretrain"]["num_layers"] == 3  # the model's override
+    assert b["pretrain"]["num_layers"] == 7  # the model's override
     # A model override of one key keeps the top-level value of its siblings.
     assert a["pretrain"]["hidden_size"] == b["pretrain"]["hidden_size"] == 128
     assert a["source"] == "pretrain"
@@ -210,3 +210,64 @@ def test_two_dllms_each_with_only_its_own_router_input():
     # equal router inputs: one D-LLM serves every method
     changed["dllm"]["baseline_router_input_bits"] = 4
     assert dllm_variants(changed, "tiny") == ["dllm"]
+
+
+# --- cross-field checks (spadec.config.check_cross_fields) ----------------------------
+
+MICRO = REPO / "tests" / "fixtures" / "config.micro.yaml"
+
+
+def _micro(**overrides) -> dict:
+    """The micro config (8 layers) with `models.micro` overrides, e.g. predictor={...}."""
+    config = load_yaml(MICRO)
+    config["models"]["micro"].update(overrides)
+    return config
+
+
+def test_tree_width_above_its_size_is_refused():
+    msg = _error(_micro(eagle={"top_k": 9, "total_tokens": 8}))
+    assert "eagle.top_k" in msg and "eagle.total_tokens" in msg and "model micro" in msg
+    validate_config(_micro(eagle={"top_k": 8, "total_tokens": 8}))
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("predictor", "layer_k"), ("dllm", "dynamic_start_layer")]
+)
+def test_layer_index_must_be_below_the_base_depth(section, key):
+    msg = _error(_micro(**{section: {key: 8}}))
+    assert f"'{section}.{key}'" in msg and "8 layers" in msg
+    assert "base.pretrain.num_layers" in msg
+    validate_config(_micro(**{section: {key: 7}}))
+
+
+def test_a_per_model_base_depth_is_the_one_checked():
+    # the top-level predictor.layer_k (2) fits 8 layers but not the model's own 2
+    msg = _error(_micro(base={"pretrain": {"num_layers": 2}}))
+    assert "predictor.layer_k" in msg and "2 layers" in msg
+
+
+def test_a_local_base_directory_gives_its_depth(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 4}')
+    base = {"source": "hf", "path": str(tmp_path)}
+    msg = _error({"models": {"m": {"base": base, "predictor": {"layer_k": 4}}}})
+    assert "predictor.layer_k" in msg and str(tmp_path / "config.json") in msg
+    validate_config({"models": {"m": {"base": base, "predictor": {"layer_k": 3}}}})
+
+
+def test_an_unknown_depth_skips_the_layer_checks():
+    # a hub id: the depth is not known without a download, so nothing is refused
+    base = {"source": "hf", "hub_id": "org/model"}
+    validate_config({"models": {"m": {"base": base, "predictor": {"layer_k": 99}}}})
+
+
+def test_a_rate_profile_is_checked_against_the_dynamic_layers():
+    # micro: 8 layers, dynamic from layer 2 (6 dynamic), target_share 0.7
+    layer = {"share_constraint": "layer", "target_share": 0.75}
+    fits = [0.2, 0.2, 0.8, 0.8, 1, 1]
+    validate_config(_micro(dllm={**layer, "layer_rate_profile": fits}))
+    msg = _error(_micro(dllm={**layer, "layer_rate_profile": [0.5, 0.5]}))
+    assert "'dllm'" in msg and "6 dynamic layers" in msg and "base.pretrain.num_layers" in msg
+    msg = _error(_micro(dllm={**layer, "layer_rate_profile": [0.5] * 6}))
+    assert "not target_share 0.75" in msg
+    msg = _error(_micro(dllm={"share_constraint": "batch", "layer_rate_profile": fits}))
+    assert "'dllm.layer_rate_profile'" in msg and "'layer'" in msg

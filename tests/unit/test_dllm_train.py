@@ -14,7 +14,13 @@ from spadec.config import resolve_stage
 from spadec.dllm.build import dllm_config_from, dllm_from_base
 from spadec.dllm.data import IGNORE, collate, encode_example
 from spadec.dllm.merge import convert_hf, merge_lora
-from spadec.dllm.train import activation_loss, finetune, learning_rate, sparsity_weight
+from spadec.dllm.share_targets import check_layer_profile
+from spadec.dllm.train import (
+    activation_loss,
+    finetune,
+    learning_rate,
+    sparsity_weight,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +49,33 @@ def test_sparsity_schedule_and_loss_by_hand():
     loss, share = activation_loss(gates, mask, target=0.5, reserve=1)
     # Only position 1 counts (position 0 is reserved, position 2 is masked): share 1.0.
     assert share.item() == pytest.approx(1.0) and loss.item() == pytest.approx(0.5)
+
+
+def test_layer_rate_profile_is_matched_by_rank():
+    """The profile holds the set of per-layer rates, not which layer has which rate."""
+    # 4 tokens, 1 static layer + 3 dynamic ones run by 1/4, 4/4 and 2/4 of the tokens.
+    dynamic = torch.tensor([[1, 1, 1], [0, 1, 0], [0, 1, 1], [0, 1, 0]], dtype=torch.float)
+    gates = torch.cat([torch.ones(4, 1), dynamic], dim=-1)[None]
+    mask = torch.ones(1, 4, dtype=torch.bool)
+
+    def loss(profile):
+        value, _ = activation_loss(
+            gates, mask, 0.5, 0, "layer", dynamic_start=1, layer_profile=profile
+        )
+        return value.item()
+
+    assert loss([1.0, 0.25, 0.5]) == pytest.approx(0.0)
+    assert loss([0.5, 1.0, 0.25]) == pytest.approx(0.0)  # any order: the same set
+    # sorted rates (.25, .5, 1) against (.25, .25, .25): off by 0, .25, .75
+    assert loss([0.25, 0.25, 0.25]) == pytest.approx(1.0 / 3)
+
+
+def test_layer_rate_profile_is_checked_against_the_model():
+    check_layer_profile([0.15, 0.15, 0.85, 0.85, 1.0, 1.0], 0.75, 8, 2)
+    with pytest.raises(ValueError, match="6 dynamic layers"):
+        check_layer_profile([0.5, 0.5], 0.75, 8, 2)
+    with pytest.raises(ValueError, match="not target_share 0.75"):
+        check_layer_profile([0.5] * 6, 0.75, 8, 2)
 
 
 def test_answer_only_labels(micro_base):
@@ -194,9 +227,10 @@ def test_finetune_in_two_cpu_processes(micro_config, micro_data, micro_base, tmp
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
-ROUTING_RECIPE = {  # config.yaml's (docs/routing.md)
-    "share_constraint": "batch",
-    "layer_rate_band": [0.15, 0.85],
+ROUTING_RECIPE = {  # config.yaml's (docs/routing.md), for the micro model's 6 dynamic layers
+    "share_constraint": "layer",
+    "layer_rate_band": None,
+    "layer_rate_profile": [0.2, 0.2, 0.8, 0.8, 0.8, 0.8],  # target_share 0.7 of 8 layers
     "router_noise_start": 0.0,
     "router_noise_final": 0.0,
 }

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from spadec.decoding.accept import accept_greedy, accept_sampling
-from spadec.decoding.autoregressive import greedy_decode
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.draft import TreeParams, select_tree
 from spadec.decoding.eagle2 import eagle2_decode, speculative_decode
 from spadec.decoding.tree import DraftTree, TreeError, compile_tree
@@ -136,7 +136,7 @@ def test_greedy_eagle2_with_a_random_head_equals_greedy_ar(kind, params):
     model = dense(kind)
     head = new_head(model).double().eval()
     ids = prompt()
-    ar = greedy_decode(model, ids, 40)
+    ar = autoregressive_decode(model, ids, 40)
     ours = eagle2_decode(model, head, ids, params, 40)
     assert ours.output_ids == ar.output_ids
     steps = ours.target_forwards - 1  # the prefill commits one token without drafts
@@ -150,7 +150,7 @@ def test_greedy_eagle2_with_a_random_head_equals_greedy_ar(kind, params):
 def test_greedy_eagle2_with_a_perfect_head_equals_greedy_ar_in_fewer_forwards(kind):
     model = dense(kind)
     ids = prompt()
-    ar = greedy_decode(model, ids, 60)
+    ar = autoregressive_decode(model, ids, 60)
     oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], SHAPE["vocab_size"])
     ours = speculative_decode(model, oracle, ids, 60)
     assert ours.output_ids == ar.output_ids
@@ -161,9 +161,9 @@ def test_greedy_eagle2_with_a_perfect_head_equals_greedy_ar_in_fewer_forwards(ki
 def test_eos_and_max_new_tokens_cut_the_output_like_ar():
     model = dense()
     ids = prompt()
-    ar = greedy_decode(model, ids, 40)
+    ar = autoregressive_decode(model, ids, 40)
     eos = ar.output_ids[17]
-    ar_eos = greedy_decode(model, ids, 40, eos_token_id=eos)
+    ar_eos = autoregressive_decode(model, ids, 40, eos_token_id=eos)
     oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], SHAPE["vocab_size"], seed=1)
     ours = speculative_decode(model, oracle, ids, 40, eos_token_id=eos)
     assert ours.output_ids == ar_eos.output_ids and ours.output_ids[-1] == eos
@@ -202,7 +202,7 @@ def test_tree_split_rate_is_zero_when_every_router_agrees():
     # a dense target consults no router: no split rate at all
     target = dense()
     ids = prompt(vocab=target.config.vocab_size)
-    ar = greedy_decode(target, ids, 8)
+    ar = autoregressive_decode(target, ids, 8)
     oracle = OracleDrafter(ar.output_ids + [0] * 8, ids.shape[1], target.config.vocab_size)
     assert "tree_router_split_rate" not in speculative_decode(target, oracle, ids, 8).extra
 
@@ -388,4 +388,4 @@ def test_empty_prompt_and_huge_top_k_are_handled():
     with pytest.raises(ValueError, match="empty"):
         eagle2_decode(model, head, torch.zeros(1, 0, dtype=torch.long), TreeParams(8, 2, 2), 4)
     wide = eagle2_decode(model, head, prompt(), TreeParams(300, 1, 500), 8)  # top_k > vocab
-    assert wide.output_ids == greedy_decode(model, prompt(), 8).output_ids
+    assert wide.output_ids == autoregressive_decode(model, prompt(), 8).output_ids

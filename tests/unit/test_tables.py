@@ -75,7 +75,7 @@ def hand_records():
             [1, 2, 9],
             tau=2.5,
             layer_load_share=0.4,
-            layer_load_per_layer=[1.0, 0.2, 0.0],
+            layer_execution_rate=[1.0, 0.2, 0.0],
         ),
         rec(
             "spadec_eagle2_steer",
@@ -85,7 +85,7 @@ def hand_records():
             [4, 6, 7],
             tau=2.5,
             layer_load_share=0.2,
-            layer_load_per_layer=[1.0, 0.0, 0.0],
+            layer_execution_rate=[1.0, 0.0, 0.0],
         ),
     ]
 
@@ -124,6 +124,18 @@ def test_speedups_pair_by_model_and_bench(tmp_path):
     table = speedup_table(df).set_index(["bench", "method"])
     assert table.loc[("b", "eagle2")]["speedup"] == pytest.approx(3.0)
     assert table.loc[("c", "eagle2")]["speedup"] == pytest.approx(6.0)
+
+
+def test_old_records_per_layer_load_reads_under_the_one_name(tmp_path):
+    old = hand_records()
+    for r in old:
+        if r["method"] == "spadec_eagle2_steer":  # a tree method's record before the rename
+            r["layer_load_per_layer"] = r.pop("layer_execution_rate")
+    df = load_records([records_file(tmp_path, old)])
+    assert "layer_load_per_layer" not in df
+    steer = df[df["method"] == "spadec_eagle2_steer"]["layer_execution_rate"]
+    assert steer.tolist() == [[1.0, 0.2, 0.0], [1.0, 0.0, 0.0]]
+    assert df[df["method"] == "dllm"]["layer_execution_rate"].tolist()[0] == [1.0, 0.5, 0.0]
 
 
 def test_bad_records_fail_with_a_message(tmp_path):

@@ -46,6 +46,19 @@ def test_every_config_dry_runs(config, tmp_path):
 @pytest.mark.parametrize(
     "config", sorted((REPO / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.stem
 )
+def test_paper_configs_dry_run_in_smoke_mode(config, tmp_path):
+    """`--config smoke=true` (spadec/smoke.py): the same DAG under `<model>-smoke` names."""
+    args = ("-n", "--cores", "2", "--configfile", str(config), "--config", "smoke=true")
+    proc = snakemake(tmp_path, *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for model in yaml.safe_load(config.read_text())["models"]:
+        assert f"results/{model}-smoke/base" in proc.stdout
+        assert f"results/{model}/" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_slurm_profile_requests_gpus_for_gpu_rules(config, tmp_path):
     proc = snakemake(
         tmp_path,

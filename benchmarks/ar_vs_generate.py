@@ -1,7 +1,9 @@
-"""Greedy decoding speed: our cached loop (`ar`) vs transformers' `generate`, side by side.
+"""Greedy decoding speed of our cached autoregressive loop (`ar`) vs transformers'
+`generate`, on an HF model or a random Llama (no pipeline run needed; the decoding
+methods side by side on a run's models: `decoding_speed.py`).
 
-    python benchmarks/decode_speed.py --model results/tiny/base --prompts 8 --max-new-tokens 64
-    python benchmarks/decode_speed.py --random h2048-l16 --device cuda --dtype bfloat16
+    python benchmarks/ar_vs_generate.py --model results/tiny/base --prompts 8 --max-new-tokens 64
+    python benchmarks/ar_vs_generate.py --random h2048-l16 --device cuda --dtype bfloat16
 
 Both methods decode the same prompts, interleaved prompt by prompt after a warm-up, with
 device syncs around every timed block; the figure to read is the ratio, not the absolute
@@ -53,7 +55,7 @@ def prompts(model, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def main(argv=None) -> int:
-    from spadec.decoding.autoregressive import greedy_decode, sync
+    from spadec.decoding.autoregressive import autoregressive_decode, sync
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,11 +76,11 @@ def main(argv=None) -> int:
     model = load(args)
     device = torch.device(args.device)
     batch = [p.to(device) for p in prompts(model, args.prompts, args.prompt_length)]
-    greedy_decode(model, batch[0], 8)  # warm-up both paths
+    autoregressive_decode(model, batch[0], 8)  # warm-up both paths
     model.generate(batch[0], max_new_tokens=8, do_sample=False, min_new_tokens=8)
     rows = []
     for ids in batch:
-        ours = greedy_decode(model, ids, args.max_new_tokens)
+        ours = autoregressive_decode(model, ids, args.max_new_tokens)
         sync(device)
         start = time.perf_counter()
         ref = model.generate(
