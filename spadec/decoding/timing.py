@@ -26,13 +26,10 @@ import time
 import torch
 
 PARTS = ("prefill", "draft", "verify", "accept", "commit")
-# eval_speed times the steps by default (`spadec.eval.bench` reads `step_timing` and
-# `sync_timing` from the eval.speed settings when they hold them; the stage config does
-# not pass them yet, see spadec/config.py's eval.speed keys). Its cost: about a dozen
-# clock reads per step (~0.13 us each) against steps of milliseconds; measured on
-# results/tiny (benchmarks/step_timing.py, 8 prompts x 8 rounds, CPU) the tokens/s with
-# and without differ by less than the run-to-run noise (-4 % .. +3 %)
-DEFAULT_STEP_TIMING = True
+# eval_speed times the steps unless `eval.step_timing` is false (the schema's default is
+# true). Its cost: about a dozen clock reads per step (~0.13 us each) against steps of
+# milliseconds; measured on results/tiny (benchmarks/step_timing.py, 8 prompts x 8 rounds,
+# CPU) the tokens/s with and without differ by less than the run-to-run noise (-4 % .. +3 %)
 VERIFY_SPLIT = ("verify_first_k", "predictor_ats")
 
 

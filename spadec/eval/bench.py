@@ -16,7 +16,6 @@ from spadec.decoding.catalog import is_plain, references, separate_baseline, wit
 from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.methods import Models
-from spadec.decoding.timing import DEFAULT_STEP_TIMING
 from spadec.eval.speed import run_side_by_side, summarize
 from spadec.io import read_jsonl
 
@@ -117,8 +116,8 @@ def evaluate_bench(
         warmup=speed["warmup_prompts"],
         temperature=speed["temperature"],
         seed=speed["seed"],
-        step_timing=speed.get("step_timing", DEFAULT_STEP_TIMING),
-        sync_timing=speed.get("sync_timing", False),
+        step_timing=speed["step_timing"],
+        sync_timing=speed["sync_timing"],
     )
     text = {str(q["id"]): q["turns"][0] for q in questions}
     for r in records:
