@@ -21,9 +21,9 @@ import torch
 
 from spadec.base.chat import prompt_ids
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.methods import Models, run_method
 from spadec.decoding.timing import sum_timings
 from spadec.eval.bench import load_prompts, results_paths
+from spadec.eval.methods import Models, run_method
 from spadec.io import read_json
 
 

@@ -11,7 +11,7 @@ commits (tau): on a GPU at batch 1 it stays near 1 up to tens of tokens; on a CP
 grows with N. The forward is the decoders' own (`spadec.decoding.verify`: start_chain ->
 run_layers -> finish_pass, the cache restored to C tokens before every repeat), or with
 `--runtime hf` transformers' forward with a DynamicCache cropped back to C. The model is
-loaded as the pipeline loads targets (`spadec.decoding.targets.load_target`: any HF
+loaded as the pipeline loads targets (`spadec.runtime.load.load_target`: any HF
 directory, a D-LLM's included). Each point is the median of `--repeats` timed forwards
 after warm-ups, with device syncs around each. Writes OUT.csv and OUT.png.
 """
@@ -38,19 +38,19 @@ def _sync(device: torch.device) -> None:
 
 def ours_forward(model, context: torch.Tensor):
     """A closure timing one forward of `n` new tokens after `context` [C] (our runtime)."""
-    from spadec.decoding.verify import finish_pass, run_layers, start_chain
-    from spadec.dllm.cache import LayerSkipCache
+    from spadec.runtime.cache import LayerSkipCache
+    from spadec.runtime.forward import finish_pass, run_layers, start_chain
 
     layers = len(model.model.layers)
     cache = LayerSkipCache.empty(layers)
     tp = run_layers(model, start_chain(model, context, cache), cache, 0, layers)
     finish_pass(model, tp)
     cache.seen_tokens = context.numel()
-    keys, values, seen = list(cache.keys), list(cache.values), cache.seen_tokens
+    lengths, seen = cache.layer_lengths(), cache.seen_tokens
 
     def forward(tokens: torch.Tensor) -> None:
-        fresh = LayerSkipCache(list(keys), list(values), seen)  # the C-token cache again
-        tp = run_layers(model, start_chain(model, tokens, fresh), fresh, 0, layers)
+        cache.rewind(lengths, seen)  # the C-token cache again
+        tp = run_layers(model, start_chain(model, tokens, cache), cache, 0, layers)
         finish_pass(model, tp)
 
     return forward
@@ -138,7 +138,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    from spadec.decoding.targets import default_device, load_target
+    from spadec.runtime.load import default_device, load_target
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -19,6 +19,14 @@ from spadec.config import (
     resolve_stage,
     validate_config,
 )
+from spadec.decoding.catalog import (
+    DATA,
+    artefact_option,
+    artefact_path,
+    bench_methods,
+    eval_inputs,
+    model_keys,
+)
 from spadec.io import write_json
 from spadec.smoke import parse_smoke_flag, smoke_config
 
@@ -95,10 +103,8 @@ def script(name):
 
 def target_dir(wc):
     """The target model a {target} wildcard names: the base, or a D-LLM (SpaDec's `dllm`,
-    or the `dllm_baseline` of the D-LLM and Eagle2+D-LLM bars)."""
-    if wc.target == "dense":
-        return f"results/{wc.model}/base"
-    return f"results/{wc.model}/{wc.target}/hf"
+    or the `dllm_baseline` of the D-LLM and Eagle2+D-LLM bars; `catalog.artefact_path`)."""
+    return f"results/{wc.model}/{artefact_path(wc.target)}"
 
 
 def baseline_dllm(model):
@@ -139,3 +145,24 @@ def benches(model):
 def eval_dirs(wc=None):
     """Every eval_speed output of the run: all models × their benchmarks."""
     return [f"results/{m}/eval/{b}" for m in MODELS for b in benches(m)]
+
+
+def eval_speed_inputs(wc):
+    """The artefacts an eval_speed job reads, by catalog key: the models its methods load
+    (the configured ones, the other ATS mode's variants and their references:
+    `catalog.bench_methods`, `catalog.eval_inputs`), and the model's data."""
+    separate = baseline_dllm(wc.model) != "dllm"
+    speed = stage_settings(wc.model, "eval.speed")
+    ats_mode = stage_settings(wc.model, "predictor.decode")["ats_mode"]
+    methods = bench_methods(speed["methods"], ats_mode, speed["compare_ats_modes"], separate)
+    keys = [*eval_inputs(methods, separate), DATA]
+    return {key: f"results/{wc.model}/{artefact_path(key)}" for key in keys}
+
+
+def model_options(input):
+    """The model artefacts among a job's inputs as eval_speed's options (--base DIR ...)."""
+    return " ".join(
+        f"{artefact_option(key)} {getattr(input, key)}"
+        for key in model_keys()
+        if key in input.keys()
+    )

@@ -4,17 +4,10 @@
 
 rule eval_speed:
     input:
+        unpack(eval_speed_inputs),
         speed="results/{model}/config/eval.speed.json",
         decode="results/{model}/config/eagle.decode.json",
         ats="results/{model}/config/predictor.decode.json",
-        base="results/{model}/base",
-        dllm="results/{model}/dllm/hf",
-        dllm_baseline=lambda wc: f"results/{wc.model}/{baseline_dllm(wc.model)}/hf",
-        head_dense="results/{model}/eagle/dense/head",
-        head_dllm="results/{model}/eagle/dllm/head",
-        head_dllm_baseline=lambda wc: f"results/{wc.model}/eagle/{baseline_dllm(wc.model)}/head",
-        predictor="results/{model}/predictor/model",
-        data="results/{model}/data",
     output:
         directory("results/{model}/eval/{bench}"),
     log:
@@ -32,14 +25,12 @@ rule eval_speed:
         runtime=lambda wc, attempt: 240 * attempt,
     params:
         script=script("eval_speed"),
+        models=lambda wc, input: model_options(input),
     shell:
         "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
         " {params.script} --model {wildcards.model} --bench {wildcards.bench}"
         " --speed {input.speed} --decode {input.decode} --ats {input.ats}"
-        " --base {input.base} --dllm {input.dllm} --dllm-baseline {input.dllm_baseline}"
-        " --head-dense {input.head_dense} --head-dllm {input.head_dllm}"
-        " --head-dllm-baseline {input.head_dllm_baseline}"
-        " --predictor {input.predictor} --data {input.data}"
+        " {params.models} --data {input.data}"
         " --out {output} > {log} 2>&1"
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 from spadec.argtypes import int_at_least, non_negative_float, non_negative_int, positive_int
 from spadec.artefacts import ArtefactError
 from spadec.config import STAGES, ConfigError, load_yaml, resolve_stage, validate_config
-from spadec.decoding.catalog import METHOD_ORDER
+from spadec.decoding.catalog import (
+    ATS_MODES,
+    artefact_help,
+    artefact_option,
+    method_names,
+    model_keys,
+)
 from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.defaults import DEFAULT_DEPTH, DEFAULT_TOP_K, DEFAULT_TOTAL_TOKENS
 
@@ -80,22 +86,13 @@ def cmd_generate(args) -> int:
 
     from spadec.base.chat import prompt_ids
     from spadec.decoding.draft import TreeParams
-    from spadec.decoding.methods import Models, run_method
     from spadec.eval.bench import results_paths
+    from spadec.eval.methods import Models, run_method
     from spadec.io import read_json
 
     results = Path(args.results) if args.results else None
     paths = {k: str(v) for k, v in results_paths(results).items()} if results else {}
-    explicit = {
-        "dense": args.base,
-        "dllm": args.dllm,
-        "dllm_baseline": args.dllm_baseline,
-        "head_dense": args.head_dense,
-        "head_dllm": args.head_dllm,
-        "head_dllm_baseline": args.head_dllm_baseline,
-        "predictor": args.predictor,
-    }
-    paths.update({k: v for k, v in explicit.items() if v})
+    paths.update({k: getattr(args, k) for k in model_keys() if getattr(args, k)})
     models = Models.load([args.method], paths, args.dtype, ats_mode=args.ats_mode)
     tok = models.tokenizer
     ids = torch.tensor([prompt_ids(tok, args.prompt)], device=models.device)
@@ -202,25 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_import_dllm)
     p = sub.add_parser("generate", help="decode one prompt with one method; print counters")
-    p.add_argument(
-        "--method",
-        required=True,
-        choices=list(METHOD_ORDER),
-    )
+    p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--prompt", required=True, help="the user turn (the chat template is applied)")
     p.add_argument("--results", help="a model's results dir (results/<model>): default model paths")
-    p.add_argument("--base", help="dense target directory (default <results>/base)")
-    p.add_argument("--dllm", help="SpaDec's D-LLM target directory (default <results>/dllm/hf)")
-    p.add_argument(
-        "--dllm-baseline",
-        help="baseline D-LLM of dllm and eagle2_dllm (default <results>/dllm_baseline/hf "
-        "where the run trained one, else the D-LLM above)",
-    )
-    p.add_argument("--head-dense", help="EAGLE head of the dense target")
-    p.add_argument("--head-dllm", help="EAGLE head of the D-LLM target")
-    p.add_argument("--head-dllm-baseline", help="EAGLE head of the baseline D-LLM")
-    p.add_argument("--predictor", help="acceptance predictor (default <results>/predictor/model)")
-    p.add_argument("--ats-mode", default="prune", choices=["prune", "steer"])
+    for key in model_keys():  # the catalog's artefacts: targets, drafters, predictor
+        p.add_argument(artefact_option(key), dest=key, metavar="DIR", help=artefact_help(key))
+    p.add_argument("--ats-mode", default="prune", choices=list(ATS_MODES))
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=non_negative_int, default=0)

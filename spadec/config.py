@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from spadec.dllm.share_targets import check_layer_profile, dynamic_layer_rate
+from spadec.share_targets import check_layer_profile, dynamic_layer_rate
 
 STAGES = ("data", "base", "dllm", "eagle", "predictor", "eval")
 # Stages whose rules each read only some keys get one settings file per part

@@ -4,10 +4,10 @@ import argparse
 from pathlib import Path
 
 from spadec.decoding.catalog import TARGETS
-from spadec.decoding.targets import load_target
 from spadec.eagle.data import read_distilled, shard_records, write_shard
 from spadec.io import read_json
 from spadec.logs import setup_logging
+from spadec.runtime.load import load_target
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--config", required=True, help="resolved eagle settings (JSON)")

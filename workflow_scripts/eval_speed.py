@@ -1,8 +1,14 @@
-"""Entry point of rule eval_speed: every method side by side on one benchmark of one model."""
+"""Entry point of rule eval_speed: every method side by side on one benchmark of one model.
+
+The model artefacts are options named after their catalog keys (`catalog.artefact_option`:
+--base, --dllm, --dllm-baseline, --head-<target>, --predictor); the rule passes those the
+configured methods load (`catalog.eval_inputs`), and a method whose artefact is missing
+fails naming it."""
 
 import argparse
 import json
 
+from spadec.decoding.catalog import DATA, artefact_help, artefact_option, model_keys
 from spadec.eval.bench import evaluate_bench
 from spadec.io import atomic_dir, read_json, write_json, write_jsonl
 from spadec.logs import setup_logging
@@ -14,20 +20,18 @@ parser.add_argument("--bench", required=True, help="benchmark name (data/eval_<b
 parser.add_argument("--speed", required=True, help="resolved eval.speed settings (JSON)")
 parser.add_argument("--decode", required=True, help="resolved eagle.decode settings (JSON)")
 parser.add_argument("--ats", required=True, help="resolved predictor.decode settings (JSON)")
-MODEL_ARGS = ("base", "dllm", "dllm-baseline", "head-dense", "head-dllm", "head-dllm-baseline")
-for name in (*MODEL_ARGS, "predictor", "data"):
-    parser.add_argument(f"--{name}", required=True)
+for key in model_keys():
+    parser.add_argument(
+        artefact_option(key), dest=key, metavar="DIR", help=artefact_help(key, default=False)
+    )
+parser.add_argument(f"--{DATA}", required=True, help="the model's data directory")
 parser.add_argument("--out", required=True, help="output directory")
 args = parser.parse_args()
 
 setup_logging()
 speed, decode, ats = read_json(args.speed), read_json(args.decode), read_json(args.ats)
 run_info = RunInfo("eval_speed", {"speed": speed, "decode": decode, "ats": ats})
-paths = {
-    k.replace("-", "_"): getattr(args, k.replace("-", "_"))
-    for k in (*MODEL_ARGS, "predictor", "data")
-}
-paths["dense"] = paths.pop("base")  # the base model is the `dense` target
+paths = {key: getattr(args, key) for key in (*model_keys(), DATA) if getattr(args, key)}
 metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths)
 with atomic_dir(args.out) as tmp:
     write_json(tmp / "metrics.json", metrics)

@@ -4,12 +4,12 @@ import argparse
 from pathlib import Path
 
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.targets import load_target
 from spadec.eagle.data import read_distilled, shard_records
 from spadec.eagle.head import check_head_fits, load_head
 from spadec.io import read_json
 from spadec.logs import setup_logging
 from spadec.predictor.data import collect_nodes, write_shard
+from spadec.runtime.load import load_target
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--config", required=True, help="resolved predictor.data settings (JSON)")

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from spadec.base.evaluate import evaluate_base
-from spadec.base.sources import DTYPES, load_gguf_package, load_hf
+from spadec.base.sources import load_gguf_package, load_hf
 from spadec.io import atomic_dir, write_json
 from spadec.provenance import RunInfo
+from spadec.runtime.load import DTYPES
 
 log = logging.getLogger(__name__)
 

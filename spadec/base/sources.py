@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 
 from spadec.base.templates import resolve_template
+from spadec.runtime.load import DTYPES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class BaseSourceError(RuntimeError):

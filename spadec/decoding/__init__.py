@@ -1,4 +1,6 @@
-"""Decoding methods: autoregressive decoding (`ar`; the D-LLM's own loop lives in
-`spadec.dllm.inference`), the generic speculative loop with an EAGLE-2 draft tree
-(`eagle2`), SpaDec's verification step (`spadec`), the method catalog and the one
-dispatch `methods.run_method`."""
+"""Decoding methods on the target runtime (`spadec.runtime`): plain decoding
+(`autoregressive`: `ar`, `dllm`), the generic speculative loop (`loop`) with its
+plug-ins — drafters (`eagle2`), verification steps (`verify`, SpaDec's `spadec` with
+`ats`), acceptance rules (`accept`) — and the method catalog (`catalog`), the one place a
+method is declared. Loading the models a method needs and dispatching to it is
+`spadec.eval.methods`."""

@@ -1,40 +1,16 @@
-"""Autoregressive decoding with a KV cache, greedy or sampled: the `ar` baseline."""
+"""Plain decoding at batch 1: one target forward per new token through the runtime's
+cached forward (`ar` on the dense target; `dllm` / `dllm_robust` on a D-LLM, whose
+layers each token's router really skips). Greedy or sampled."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-
-@dataclass
-class DecodeResult:
-    output_ids: list[int]
-    new_tokens: int
-    wall_s: float
-    target_forwards: int
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.wall_s if self.wall_s > 0 else float("nan")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def pick_token(logits: torch.Tensor, temperature: float, generator=None) -> int:
-    """argmax at temperature 0, else a sample from the target's sampling distribution (drawn
-    on the CPU, so a seeded CPU generator reproduces it on any device)."""
-    from spadec.decoding.accept import target_probs
-
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = target_probs(logits, temperature).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.forward import chain_forward, gate_matrix, is_dynamic_model
+from spadec.runtime.sampling import DecodeResult, finished, pick_token, sync
 
 
 @torch.inference_mode()
@@ -46,28 +22,41 @@ def autoregressive_decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> DecodeResult:
-    """One target forward per new token: greedy at temperature 0, sampled above it (with
-    `generator`); timed with device syncs."""
-    from transformers import DynamicCache
+    """Decode `input_ids` [1, n]: greedy at temperature 0, sampled above it (with
+    `generator`); timed with device syncs.
 
-    from spadec.compat import with_cache
-
+    For a D-LLM, `extra` holds the executed-layer share of the generated tokens and, per
+    layer, the share of generated tokens that executed it.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError("plain decoding runs at batch size 1")
     device = input_ids.device
-    cache = DynamicCache(config=model.config)
+    cache = LayerSkipCache.empty(len(model.model.layers))
     sync(device)
     start = time.perf_counter()
-    logits = model(input_ids=input_ids, logits_to_keep=1, **with_cache(cache)).logits
+    logits, _, _ = chain_forward(model, input_ids[0], cache, last_logits=True)
     out: list[int] = []
+    step_gates = []
+    dynamic = is_dynamic_model(model)
     forwards = 1
-    for _ in range(max_new_tokens):
-        next_id = pick_token(logits[0, -1], temperature, generator)
-        out.append(next_id)
-        if eos_token_id is not None and next_id == eos_token_id:
+    while True:
+        out.append(pick_token(logits[-1], temperature, generator))
+        if finished(out, max_new_tokens, eos_token_id):
             break
-        if len(out) == max_new_tokens:
-            break
-        step = torch.tensor([[next_id]], device=device)
-        logits = model(input_ids=step, **with_cache(cache)).logits
+        logits, _, tp = chain_forward(model, torch.tensor([out[-1]], device=device), cache)
+        if dynamic:
+            step_gates.append(gate_matrix(tp)[0])
         forwards += 1
     sync(device)
-    return DecodeResult(out, len(out), time.perf_counter() - start, forwards)
+    wall = time.perf_counter() - start
+    extra = {}
+    if step_gates:
+        g = torch.stack(step_gates).float()
+        # batch 1: a step's layer load is its one token's executed layers
+        share = g.mean().item()
+        extra = {
+            "executed_share": share,
+            "layer_load_share": share,
+            "layer_execution_rate": g.mean(0).tolist(),
+        }
+    return DecodeResult(out, len(out), wall, forwards, extra)

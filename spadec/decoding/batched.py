@@ -11,9 +11,10 @@ producing training data.
 from __future__ import annotations
 
 import torch
-from transformers.models.llama.modeling_llama import repeat_kv
 
-from spadec.dllm.modeling import attention_output, project_qkv
+from spadec.runtime.attention import blocked_value, decoder_layer, gated_mix
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.sampling import pick_tokens, truncate
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,13 +25,6 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
         ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[row, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
-
-
-def _pick(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
 @torch.inference_mode()
@@ -63,22 +57,17 @@ def generate_batch(
             **sampling,
         )
         rows = out[:, ids.shape[1] :].tolist()
-    return [_cut(r, eos_token_id) for r in rows]
-
-
-def _cut(row: list[int], eos: int) -> list[int]:
-    return row[: row.index(eos) + 1] if eos in row else row
+    return [truncate(r, max_new_tokens, eos_token_id) for r in rows]
 
 
 def _dllm_generate(model, ids, mask, max_new_tokens, eos, temperature, generator):
     body = model.model
     num_layers = len(body.layers)
-    keys: list[torch.Tensor | None] = [None] * num_layers
-    values: list[torch.Tensor | None] = [None] * num_layers
+    cache = LayerSkipCache.empty(num_layers)  # every token's K/V, valid or not
     valid: list[torch.Tensor | None] = [None] * num_layers  # [B, len] bool per layer
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     real = mask.bool()
-    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     out = []
     step_ids, step_pos, step_real = ids, positions, real
     for _ in range(max_new_tokens):
@@ -87,36 +76,34 @@ def _dllm_generate(model, ids, mask, max_new_tokens, eos, temperature, generator
         n = step_ids.shape[1]
         for i, layer in enumerate(body.layers):
             w = model.gate(i, hidden, step_pos)  # [B, n]
-            q, k, v = project_qkv(layer.self_attn, layer.input_layernorm(hidden), cos, sin)
             ok = w.bool() & step_real
-            if keys[i] is not None:
-                k = torch.cat([keys[i], k], dim=2)
-                v = torch.cat([values[i], v], dim=2)
-                ok = torch.cat([valid[i], ok], dim=1)
-            keys[i], values[i], valid[i] = k, v, ok
-            attn = layer.self_attn
-            scores = torch.matmul(q, repeat_kv(k, attn.num_key_value_groups).transpose(2, 3))
-            scores = scores * attn.scaling
-            blocked = ~ok[:, None, None, :].expand(-1, 1, n, -1).clone()
-            new_block = blocked[..., -n:]
-            new_block |= torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1)
-            # Every query sees its own key: a padding row with nothing visible would give
-            # NaN (an all-minimum row overflows to -inf in the fp32 softmax), and NaN
-            # survives the w=0 mix (0 * NaN). Rows this unmasks are discarded anyway.
-            new_block &= ~torch.eye(n, dtype=torch.bool, device=ids.device)
-            scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
-            mid = hidden + attention_output(attn, scores, v)
-            new = mid + layer.mlp(layer.post_attention_layernorm(mid))
-            wt = w[..., None].to(hidden.dtype)
-            hidden = wt * new + (1 - wt) * hidden
+            valid[i] = ok if valid[i] is None else torch.cat([valid[i], ok], dim=1)
+            new = decoder_layer(
+                layer, hidden, cos, sin, _batch_bias(valid[i], n, hidden.dtype), cache.store(i)
+            )
+            hidden = gated_mix(w, new, hidden)
         logits = model.lm_head(body.norm(hidden[:, -1]))
-        nxt = _pick(logits, temperature, generator)
-        nxt = torch.where(finished, torch.full_like(nxt, eos), nxt)
+        nxt = pick_tokens(logits, temperature, generator)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         out.append(nxt)
-        finished |= nxt == eos
-        if bool(finished.all()):
+        done |= nxt == eos
+        if bool(done.all()):
             break
         step_ids = nxt[:, None]
         step_pos = step_pos[:, -1:] + 1
         step_real = torch.ones_like(step_ids, dtype=torch.bool)
     return torch.stack(out, dim=1).tolist()
+
+
+def _batch_bias(valid: torch.Tensor, n: int, dtype) -> torch.Tensor:
+    """[B, 1, n, len] additive mask of n new queries over a layer's entries: invalid keys
+    (padding, tokens that skipped the layer) and later new tokens are blocked."""
+    blocked = ~valid[:, None, None, :].expand(-1, 1, n, -1).clone()
+    new_block = blocked[..., -n:]
+    new_block |= torch.ones(n, n, dtype=torch.bool, device=valid.device).triu(1)
+    # Every query sees its own key: a padding row with nothing visible would give NaN
+    # (an all-minimum row overflows to -inf in the fp32 softmax), and NaN survives the
+    # w=0 mix (0 * NaN). Rows this unmasks are discarded anyway.
+    new_block &= ~torch.eye(n, dtype=torch.bool, device=valid.device)
+    bias = torch.zeros(blocked.shape, dtype=dtype, device=valid.device)
+    return bias.masked_fill(blocked, blocked_value(dtype))

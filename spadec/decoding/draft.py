@@ -17,8 +17,8 @@ import torch
 
 from spadec.decoding.defaults import DEFAULT_DEPTH, DEFAULT_TOP_K, DEFAULT_TOTAL_TOKENS
 from spadec.decoding.tree import DraftTree
-from spadec.dllm.cache import LayerSkipCache
-from spadec.eagle.head import EagleHead
+from spadec.runtime.attention import causal_bias, decoder_layer
+from spadec.runtime.cache import LayerSkipCache
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class TreeParams:
 
 
 def head_extend(
-    head: EagleHead, cache: LayerSkipCache, features: torch.Tensor, next_tokens: torch.Tensor
+    head, cache: LayerSkipCache, features: torch.Tensor, next_tokens: torch.Tensor
 ) -> torch.Tensor:
     """Run accepted (feature f_t, token x_{t+1}) pairs [n, d], [n] through the head,
     appending to its cache; returns the head's outputs [n, d]."""
@@ -45,22 +45,15 @@ def head_extend(
     x = head.fuse(features[None].to(head.fc.weight.dtype), next_tokens[None])
     positions = torch.arange(cache.seen_tokens, cache.seen_tokens + n, device=x.device)[None]
     cos, sin = head.rotary_emb(x, positions)
-    bias = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)
-
-    def attend(q, k, v):
-        k_all, v_all = cache.append(0, k, v)
-        past = k_all.shape[2] - n
-        full = torch.cat([bias.new_zeros(n, past), bias], dim=1)
-        return head.attend(q, k_all, v_all, full)
-
-    out = head.block(x, cos, sin, attend)
+    bias = causal_bias(n, x.dtype, x.device)  # the cached prefix is visible to all
+    out = decoder_layer(head.layer, x, cos, sin, bias, cache.store(0))
     cache.seen_tokens += n
     return out[0]
 
 
 @torch.inference_mode()
 def draft_tree(
-    head: EagleHead,
+    head,
     lm_head: torch.nn.Module,
     cache: LayerSkipCache,
     root_hidden: torch.Tensor,
@@ -80,7 +73,6 @@ def draft_tree(
     f_hidden = root_hidden[None].expand(k, -1)
     seen = torch.zeros(k, 0, dtype=torch.bool, device=device)  # frontier x provisional entries
     keys, values = cache.layer(0)
-    past = 0 if keys is None else keys.shape[2]
     dtype = head.fc.weight.dtype
     blocked = torch.finfo(dtype).min
     offset = k
@@ -89,16 +81,19 @@ def draft_tree(
         positions = torch.full((1, k), cache.seen_tokens + step, device=device)
         cos, sin = head.rotary_emb(x, positions)
         visible = torch.cat([seen, torch.eye(k, dtype=torch.bool, device=device)], dim=1)
-        bias = torch.zeros(k, past + visible.shape[1], dtype=dtype, device=device)
-        bias[:, past:].masked_fill_(~visible, blocked)
+        # the committed head cache is visible to all; drafted entries by ancestry
+        bias = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
+            ~visible, blocked
+        )
 
-        def attend(q, kk, vv, bias=bias):
+        def provisional(kk, vv):
+            # drafts extend a local copy: the head cache keeps only committed tokens
             nonlocal keys, values
             keys = kk if keys is None else torch.cat([keys, kk], dim=2)
             values = vv if values is None else torch.cat([values, vv], dim=2)
-            return head.attend(q, keys, values, bias)
+            return keys, values
 
-        h = head.block(x, cos, sin, attend)[0]
+        h = decoder_layer(head.layer, x, cos, sin, bias, provisional)[0]
         child_logp = torch.log_softmax(lm_head(h).float(), dim=-1)
         c_scores, c_tokens = child_logp.topk(k, dim=-1)  # [k, k]
         cumulative = (f_scores[:, None] + c_scores).flatten()

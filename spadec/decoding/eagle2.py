@@ -1,111 +1,25 @@
-"""The generic speculative decoding loop at batch 1 (`speculative_decode`): draft a tree
--> verify it in one target forward -> accept -> commit, repeated; and its EAGLE-2 drafter
-(`EagleDrafter`, `eagle2_decode`).
-
-Every tree method of the catalog (`eagle2`, `eagle2_dllm`, `eagle2_dllm_robust`,
-`spadec_eagle2` and its ATS variants) runs this one loop, on a dense or a D-LLM target;
-what a target forward does with the tree (`verify_step`) is the one place SpaDec's
-variant differs (`spadec.decoding.spadec`). Every piece of state (target cache, head
-cache, the tree) is passed explicitly.
+"""EAGLE-2 drafting for the speculative loop: `EagleDrafter` holds the draft head, its
+cache and its last output for one generation; `eagle2_decode` runs the generic loop
+(`spadec.decoding.loop`) with it. Every tree method of the catalog that drafts with an
+EAGLE head (`eagle2`, `eagle2_dllm`, `eagle2_dllm_robust`, `spadec_eagle2` and its ATS
+variants) goes through here, on a dense or a D-LLM target.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
 
-from spadec.decoding.accept import Acceptance, accept_greedy, accept_sampling
-from spadec.decoding.autoregressive import DecodeResult, pick_token, sync
 from spadec.decoding.draft import TreeParams, draft_tree, head_extend
-from spadec.decoding.timing import NO_TIMER, StepTimer
-from spadec.decoding.tree import CompiledTree, DraftTree, compile_tree
-from spadec.decoding.verify import (
-    TreePass,
-    commit,
-    finish_pass,
-    gate_matrix,
-    run_layers,
-    start_chain,
-    start_tree,
-)
-from spadec.dllm.cache import LayerSkipCache
-from spadec.eagle.head import EagleHead
-
-
-@dataclass
-class StepStats:
-    """Counters over the verification steps of one generation."""
-
-    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per step
-    verified: list[int] = field(default_factory=list)  # tokens in each target forward
-    layer_runs: list[list[bool]] = field(default_factory=list)  # per step, per layer
-    path_gates: list[torch.Tensor] = field(default_factory=list)  # [a+1, L] per step
-    # per step, per layer whose routers were consulted: did the verified tokens disagree?
-    splits: list[bool] = field(default_factory=list)
-
-    def summary(self, num_layers: int) -> dict:
-        steps = len(self.accepted)
-        out = {
-            "steps": steps,
-            "tau": (sum(self.accepted) + steps) / steps if steps else float("nan"),
-            "accept_histogram": dict(sorted(Counter(self.accepted).items())),
-            "accepted_lengths": list(self.accepted),  # drafts accepted at each step
-            "verified_tokens_per_step": sum(self.verified) / steps if steps else float("nan"),
-        }
-        if steps:
-            runs = torch.tensor(self.layer_runs, dtype=torch.float32)
-            gates = torch.cat(self.path_gates).float()
-            out["layer_load_share"] = runs.mean().item()
-            # per layer, the share of target forwards that ran it (as in `dllm_decode`)
-            out["layer_execution_rate"] = [round(x, 4) for x in runs.mean(0).tolist()]
-            out["executed_share"] = gates.mean().item()
-            if self.splits:
-                # how often one tree's tokens want different things of a layer: what a
-                # multi-token robust router is meant to lower
-                out["tree_router_split_rate"] = sum(self.splits) / len(self.splits)
-            # share of accepted drafts at each depth, given the previous depth was accepted
-            depth_hits = [
-                sum(a >= d for a in self.accepted)
-                for d in range(1, 1 + max(self.accepted, default=0))
-            ]
-            prev = [steps, *depth_hits][: len(depth_hits)]
-            out["per_depth_acceptance"] = [
-                round(h / p, 4) for h, p in zip(depth_hits, prev, strict=True)
-            ]
-        return out
-
-
-# (model, compiled tree, cache, *, timer) -> the pass; a step may time its own sub-parts
-VerifyStep = Callable[..., TreePass]
-StepObserver = Callable[[CompiledTree, Acceptance], None]  # sees every step's tree and result
-
-
-def verify_all_layers(
-    model, compiled: CompiledTree, cache: LayerSkipCache, timer: StepTimer = NO_TIMER
-) -> TreePass:
-    """Plain tree verification: every layer, every token votes (eagle2, eagle2_dllm)."""
-    tp = start_tree(model, compiled, cache)
-    return run_layers(model, tp, cache, 0, len(model.model.layers))
-
-
-def _accept(compiled, tp: TreePass, logits, temperature, generator) -> Acceptance:
-    verified = None
-    if tp.nodes.numel() != tp.num_nodes:  # pruned nodes were not verified
-        verified = torch.zeros(tp.num_nodes, dtype=torch.bool, device=logits.device)
-        verified[tp.nodes] = True
-    if temperature <= 0:
-        return accept_greedy(compiled, logits, verified)
-    return accept_sampling(compiled, logits, temperature, generator, verified)
+from spadec.decoding.loop import speculative_decode
+from spadec.decoding.tree import DraftTree
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.sampling import DecodeResult
 
 
 class EagleDrafter:
     """EAGLE-2 drafting state for one generation: the head, its cache, its last output."""
 
-    def __init__(self, head: EagleHead, lm_head: torch.nn.Module, params: TreeParams):
+    def __init__(self, head, lm_head: torch.nn.Module, params: TreeParams):
         self.head, self.lm_head, self.params = head, lm_head, params
         self.cache = LayerSkipCache.empty(1)
         self.last: torch.Tensor | None = None
@@ -123,136 +37,10 @@ class EagleDrafter:
 
 @torch.inference_mode()
 def eagle2_decode(
-    target,
-    head: EagleHead,
-    input_ids: torch.Tensor,
-    params: TreeParams,
-    max_new_tokens: int,
-    eos_token_id: int | None = None,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    verify_step: VerifyStep = verify_all_layers,
-    on_step: StepObserver | None = None,
-    step_timing: bool = False,
-    sync_timing: bool = False,
+    target, head, input_ids: torch.Tensor, params: TreeParams, *args, **kwargs
 ) -> DecodeResult:
-    """EAGLE-2 decoding of `input_ids` [1, n] with `head` drafting for `target`."""
+    """EAGLE-2 decoding of `input_ids` [1, n] with `head` (an EagleHead) drafting for
+    `target`; the remaining arguments are `speculative_decode`'s (max_new_tokens,
+    eos_token_id, temperature, generator, verify_step, on_step, timing, acceptance)."""
     drafter = EagleDrafter(head, target.lm_head, params)
-    return speculative_decode(
-        target,
-        drafter,
-        input_ids,
-        max_new_tokens,
-        eos_token_id,
-        temperature,
-        generator,
-        verify_step,
-        on_step,
-        step_timing,
-        sync_timing,
-    )
-
-
-@torch.inference_mode()
-def speculative_decode(
-    target,
-    drafter,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: int | None = None,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    verify_step: VerifyStep = verify_all_layers,
-    on_step: StepObserver | None = None,
-    step_timing: bool = False,
-    sync_timing: bool = False,
-) -> DecodeResult:
-    """Generate up to `max_new_tokens` after `input_ids` [1, n] with a tree `drafter`
-    (`observe(features, next_tokens)`, `draft(root) -> DraftTree`, `forwards`).
-
-    Greedy output equals the target's own greedy decoding token for token. `extra` holds
-    tau, the acceptance histogram, per-depth acceptance, verified tokens per step, the
-    layer-load share (share of (step, layer) pairs whose weights were used), per layer the
-    share of target forwards that ran it (`layer_execution_rate`) and the executed-layer
-    share of the committed tokens. With `step_timing`, `extra["timing"]` holds the
-    seconds of each step of the loop summed over the generation and their shares of the
-    wall time (`spadec.decoding.timing`; `sync_timing`: a CUDA sync at each boundary).
-    """
-    if input_ids.shape[0] != 1:
-        raise ValueError("speculative decoding runs at batch size 1")
-    if input_ids.shape[1] == 0:
-        raise ValueError("the prompt is empty: decoding needs at least one token")
-    device = input_ids.device
-    num_layers = len(target.model.layers)
-    dtype = target.model.embed_tokens.weight.dtype
-    cache = LayerSkipCache.empty(num_layers)
-    stats = StepStats()
-    timer = StepTimer(step_timing, device, sync_timing) if step_timing else NO_TIMER
-    sync(device)
-    start = time.perf_counter()
-
-    prompt = input_ids[0]
-    tp = run_layers(target, start_chain(target, prompt, cache), cache, 0, num_layers)
-    logits, features = finish_pass(target, tp)
-    commit(cache, tp, torch.arange(prompt.numel(), device=device))
-    root = pick_token(logits[-1], temperature, generator)
-    out = [root]
-    drafter.observe(features, torch.cat([prompt[1:], torch.tensor([root], device=device)]))
-    timer.lap("prefill", start)
-    forwards = 1
-    while not _done(out, max_new_tokens, eos_token_id):
-        t = timer.now()
-        compiled = compile_tree(drafter.draft(root), dtype)
-        t = timer.lap("draft", t)
-        tp = verify_step(target, compiled, cache, timer=timer)
-        logits, features = finish_pass(target, tp)
-        # logits/features are in batch order; the batch may hold a subset of the nodes
-        logits, features = _scatter(tp, logits), _scatter(tp, features)
-        t = timer.lap("verify", t)
-        acc = _accept(compiled, tp, logits, temperature, generator)
-        t = timer.lap("accept", t)
-        commit(cache, tp, acc.path)
-        timer.lap("commit", t)
-        if on_step is not None:
-            on_step(compiled, acc)
-        forwards += 1
-        stats.accepted.append(acc.accepted)
-        stats.verified.append(int(tp.nodes.numel()))
-        stats.layer_runs.append(list(tp.layer_ran))
-        stats.splits.extend(split for split in tp.split if split is not None)
-        stats.path_gates.append(gate_matrix(tp)[acc.path])
-        drafted = compiled.tokens[acc.path[1:]]
-        out.extend(drafted.tolist())
-        out.append(acc.next_token)
-        root = acc.next_token
-        t = timer.now()
-        drafter.observe(
-            features[acc.path], torch.cat([drafted, torch.tensor([root], device=device)])
-        )
-        timer.lap("draft", t)
-    sync(device)
-    wall = time.perf_counter() - start
-    out = _truncate(out, max_new_tokens, eos_token_id)
-    extra = stats.summary(num_layers)
-    extra["draft_forwards"] = drafter.forwards
-    if timer.enabled:
-        extra["timing"] = timer.summary(wall)
-    return DecodeResult(out, len(out), wall, forwards, extra)
-
-
-def _scatter(tp: TreePass, rows: torch.Tensor) -> torch.Tensor:
-    if rows.shape[0] == tp.num_nodes:
-        return rows
-    full = rows.new_zeros(tp.num_nodes, rows.shape[1])
-    full[tp.nodes] = rows
-    return full
-
-
-def _done(out: list[int], max_new_tokens: int, eos: int | None) -> bool:
-    return len(out) >= max_new_tokens or (eos is not None and eos in out)
-
-
-def _truncate(out: list[int], max_new_tokens: int, eos: int | None) -> list[int]:
-    if eos is not None and eos in out:
-        out = out[: out.index(eos) + 1]
-    return out[:max_new_tokens]
+    return speculative_decode(target, drafter, input_ids, *args, **kwargs)

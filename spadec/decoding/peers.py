@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from spadec.decoding.autoregressive import DecodeResult, sync
+from spadec.runtime.sampling import DecodeResult, sync
 
 # drafted tokens per prompt-lookup step (transformers' documentation suggests ~10) and
 # the longest n-gram matched in the prompt (transformers' default)

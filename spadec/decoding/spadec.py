@@ -2,7 +2,7 @@
 
     1. run the first K target layers on the whole draft tree;
     2. the predictor scores every node from its layer-K hidden state;
-    3. ATS selects (spadec.predictor.ats);
+    3. ATS selects (spadec.decoding.ats);
     4. the remaining layers run on the selection (`prune`) or on the whole tree with only
        the selected path voting on whether a layer runs (`steer`).
 
@@ -16,11 +16,12 @@ from collections.abc import Callable
 
 import torch
 
+from spadec.decoding.ats import DEFAULT_ACC_LENGTH, MODES, select
 from spadec.decoding.timing import NO_TIMER, StepTimer
 from spadec.decoding.tree import CompiledTree
-from spadec.decoding.verify import TreePass, keep_nodes, run_layers, start_tree
-from spadec.dllm.cache import LayerSkipCache
-from spadec.predictor.ats import DEFAULT_ACC_LENGTH, MODES, select
+from spadec.decoding.verify import start_tree
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.forward import TreePass, keep_nodes, run_layers
 
 
 def spadec_verify_step(predictor, mode: str, acc_length: int = DEFAULT_ACC_LENGTH) -> Callable:

@@ -12,12 +12,12 @@ import torch
 from spadec.base.chat import dialogue_text, prompt_ids
 from spadec.data.prepare import sample_prompts_file
 from spadec.decoding.autoregressive import autoregressive_decode
-from spadec.dllm.cache import LayerSkipCache
 from spadec.dllm.data import IGNORE, encode_example
-from spadec.dllm.inference import dllm_decode, forward_step
 from spadec.dllm.routing import routing_measures
 from spadec.io import read_jsonl
 from spadec.logs import progress
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.forward import chain_forward, gate_matrix
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,10 @@ def cache_consistency(model, prompt: torch.Tensor, continuation: list[int]) -> d
     seq = torch.cat([prompt, torch.tensor([continuation], device=prompt.device)], dim=1)
     full = model(input_ids=seq)
     cache = LayerSkipCache.empty(model.config.num_hidden_layers)
-    parts = [forward_step(model, prompt, cache)]
-    parts += [
-        forward_step(model, seq[:, t : t + 1], cache) for t in range(prompt.shape[1], seq.shape[1])
-    ]
-    logits = torch.cat([p[0] for p in parts], dim=1)
-    gates = torch.cat([p[1] for p in parts])
+    chunks = [prompt[0], *seq[0, prompt.shape[1] :].split(1)]
+    parts = [chain_forward(model, chunk, cache) for chunk in chunks]
+    logits = torch.cat([logits for logits, _, _ in parts])[None]
+    gates = torch.cat([gate_matrix(tp) for _, _, tp in parts])
     return {
         "cache_vs_full_max_abs_diff": (logits - full.logits).abs().max().item(),
         "cache_vs_full_same_gates": bool(torch.equal(gates, full.gates[0])),
@@ -119,7 +117,7 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
     device = next(dense.parameters()).device
     warm = torch.tensor([prompt_ids(tokenizer, "Hello")], device=device)
     autoregressive_decode(dense, warm, 4)
-    dllm_decode(dllm, warm, 4)
+    autoregressive_decode(dllm, warm, 4)
     totals = {"dense": [0, 0.0], "dllm": [0, 0.0]}
     decode_shares, samples = [], []
     for rec in prompts:
@@ -127,7 +125,7 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
         n = ev["max_new_tokens"]
         # Same number of tokens for both (no early stop), so the speeds compare like for like.
         d = autoregressive_decode(dense, ids, n)
-        s = dllm_decode(dllm, ids, n)
+        s = autoregressive_decode(dllm, ids, n)
         totals["dense"][0] += d.new_tokens
         totals["dense"][1] += d.wall_s
         totals["dllm"][0] += s.new_tokens
@@ -141,7 +139,9 @@ def evaluate_dllm(dense, dllm, tokenizer, data_dir: str | Path, settings: dict) 
             }
         )
     first = torch.tensor([prompt_ids(tokenizer, prompts[0]["turns"][0])], device=device)
-    consistency = cache_consistency(dllm, first, dllm_decode(dllm, first, 16).output_ids[:-1])
+    consistency = cache_consistency(
+        dllm, first, autoregressive_decode(dllm, first, 16).output_ids[:-1]
+    )
     dense_tps = totals["dense"][0] / totals["dense"][1]
     dllm_tps = totals["dllm"][0] / totals["dllm"][1]
     return {

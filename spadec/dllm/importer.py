@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from spadec.base.sources import DTYPES
 from spadec.dllm.configuration import DLLMLlamaConfig
 from spadec.io import atomic_dir
 from spadec.provenance import RunInfo
+from spadec.runtime.load import DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from spadec.base.sources import DTYPES
 from spadec.dllm.build import dllm_from_base
 from spadec.io import atomic_dir, write_json
 from spadec.provenance import RunInfo
+from spadec.runtime.load import DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ query at that layer (the eviction rule).
 - `forward` runs whole sequences (training, scoring): every token is computed, skipped
   tokens are masked. In training, decisions are hard Gumbel samples with straight-through
   gradients; in eval mode they are deterministic. Eviction is a mask in both.
-- `spadec.dllm.inference` decodes with a per-layer cache and really skips: a skipped
+- `spadec.runtime.forward` decodes with a per-layer cache and really skips: a skipped
   layer costs its router only. Both give the same logits (tested).
 """
 
@@ -21,10 +21,10 @@ import torch
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from spadec.dllm.configuration import DLLMLlamaConfig, DLLMQwen2Config
 from spadec.dllm.router import Router, gumbel_decision, hard_decision
+from spadec.runtime.attention import blocked_value, causal_mask, decoder_layer, gated_mix
 
 
 @dataclass
@@ -35,12 +35,10 @@ class DLLMOutput(ModelOutput):
     features: torch.Tensor | None = None  # [B, L, d] final-norm output (what feeds lm_head)
 
 
-def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask):
-    """Self-attention of one decoder layer over a whole sequence with eviction.
-
-    key_keep: None (keep all) or [B, L] decisions (1 keep, 0 evicted); evicted keys are
-    masked out of the scores, exactly what dropping them from a cache does.
-    additive_mask: [B or 1, 1, L, L] float mask (0 or -inf-like) for causality/padding.
+def evicting_mask(additive_mask: torch.Tensor, key_keep: torch.Tensor | None) -> torch.Tensor:
+    """The attention mask of a dynamic layer over whole sequences: `additive_mask`
+    [B or 1, 1, L, L] (causality, padding) with the keys of tokens that skip the layer
+    (key_keep [B, L] == 0) blocked, exactly what dropping them from a cache does.
 
     No gradient flows through the eviction mask: the routers learn through the gated
     residual mix and the sparsity loss. (The published code also differentiated through a
@@ -48,42 +46,10 @@ def layer_attention(layer, x_norm, cos, sin, key_keep, additive_mask):
     ~10^5 times larger than the sparsity loss's on the tiny model, measured, so no
     sparsity pressure could act.)
     """
-    attn = layer.self_attn
-    q, k, v = project_qkv(attn, x_norm, cos, sin)
-    scores = torch.matmul(q, repeat_kv(k, attn.num_key_value_groups).transpose(2, 3)) * attn.scaling
-    scores = scores + additive_mask
-    if key_keep is not None:
-        evicted = key_keep.detach()[:, None, None, :] == 0
-        scores = scores.masked_fill(evicted, torch.finfo(scores.dtype).min)
-    return attention_output(attn, scores, v)
-
-
-def project_qkv(attn, x_norm, cos, sin):
-    """Queries, keys and values of an attention module, RoPE applied: [B, heads, L, head_dim]."""
-    shape = (*x_norm.shape[:2], -1, attn.head_dim)
-    q = attn.q_proj(x_norm).view(shape).transpose(1, 2)
-    k = attn.k_proj(x_norm).view(shape).transpose(1, 2)
-    v = attn.v_proj(x_norm).view(shape).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    return q, k, v
-
-
-def attention_output(attn, scores, v):
-    """softmax(scores) @ v (keys' heads repeated for grouped-query attention), then o_proj."""
-    probs = F.softmax(scores, dim=-1, dtype=torch.float32)
-    v = repeat_kv(v, attn.num_key_value_groups)
-    out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2)
-    return attn.o_proj(out.reshape(*out.shape[:2], -1))
-
-
-def causal_mask(length: int, dtype, device, attention_mask=None) -> torch.Tensor:
-    """[B or 1, 1, L, L] additive mask: causal, and padded keys blocked."""
-    blocked = torch.finfo(dtype).min
-    mask = torch.full((length, length), blocked, dtype=dtype, device=device).triu(1)[None, None]
-    if attention_mask is not None:
-        pad = (attention_mask[:, None, None, :] == 0).to(dtype) * blocked
-        mask = (mask + pad).clamp(min=blocked)
-    return mask
+    if key_keep is None:
+        return additive_mask
+    evicted = key_keep.detach()[:, None, None, :] == 0
+    return additive_mask.masked_fill(evicted, blocked_value(additive_mask.dtype))
 
 
 class DLLMMixin:
@@ -146,11 +112,8 @@ class DLLMMixin:
         for i, layer in enumerate(body.layers):
             w = self.gate(i, hidden, position_ids, force_execute, router_noise)
             keep = None if (force_execute or not self.is_dynamic(i)) else w
-            x_norm = layer.input_layernorm(hidden)
-            mid = hidden + layer_attention(layer, x_norm, cos, sin, keep, mask)
-            out = mid + layer.mlp(layer.post_attention_layernorm(mid))
-            wt = w[..., None].to(hidden.dtype)
-            hidden = wt * out + (1 - wt) * hidden
+            out = decoder_layer(layer, hidden, cos, sin, evicting_mask(mask, keep))
+            hidden = gated_mix(w, out, hidden)
             gates.append(w)
         features = body.norm(hidden)
         logits = self.lm_head(features)

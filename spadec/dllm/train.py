@@ -23,11 +23,11 @@ from spadec.checkpoint import latest_checkpoint, save_checkpoint
 from spadec.config import config_hash
 from spadec.dllm.build import dllm_from_base
 from spadec.dllm.data import IGNORE, collate, encode_example
-from spadec.dllm.share_targets import check_layer_profile, dynamic_layer_rate
 from spadec.io import atomic_dir, read_jsonl, write_json
 from spadec.logs import progress
 from spadec.pacing import paced
 from spadec.provenance import RunInfo
+from spadec.share_targets import check_layer_profile, dynamic_layer_rate
 from spadec.training import ADAMW_BETAS, epoch_seed, step_seed
 
 log = logging.getLogger(__name__)

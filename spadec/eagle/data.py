@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 
 from spadec.io import atomic_dir, read_jsonl, write_json
 from spadec.logs import progress
+from spadec.runtime.load import DTYPES
 
 log = logging.getLogger(__name__)
 
 SHARD_FILE = "data.safetensors"
 MANIFEST = "manifest.json"
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class EagleDataError(ValueError):
@@ -68,7 +68,7 @@ def write_shard(
     if not records:
         raise EagleDataError(f"shard {shard}/{shards} has no samples (too few distilled records)")
     device = next(model.parameters()).device
-    dtype = FEATURE_DTYPES[feature_dtype]
+    dtype = DTYPES[feature_dtype]
     ids_parts, feat_parts, mask_parts, lengths = [], [], [], []
     truncated = 0
     order = sorted(range(len(records)), key=lambda i: -_length(records[i]))  # less padding

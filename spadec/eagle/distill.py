@@ -20,10 +20,10 @@ import torch
 from spadec.base.chat import prompt_ids
 from spadec.config import config_hash
 from spadec.decoding.batched import generate_batch
-from spadec.decoding.targets import load_target
 from spadec.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from spadec.logs import progress
 from spadec.provenance import RunInfo
+from spadec.runtime.load import load_target
 
 log = logging.getLogger(__name__)
 

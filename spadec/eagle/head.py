@@ -17,11 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    LlamaRotaryEmbedding,
-    repeat_kv,
-)
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from spadec.artefacts import (
     ArtefactError,
@@ -30,8 +26,8 @@ from spadec.artefacts import (
     load_safetensors,
     read_config_json,
 )
-from spadec.dllm.modeling import attention_output, causal_mask, project_qkv
 from spadec.io import atomic_dir, write_json
+from spadec.runtime.attention import causal_mask, decoder_layer
 
 HEAD_FILE = "model.safetensors"
 GEOMETRY = (
@@ -83,13 +79,6 @@ class EagleHead(nn.Module):
         emb = self.embed_tokens(input_ids).to(features.dtype)
         return self.fc(torch.cat([emb, features], dim=-1))
 
-    def block(self, x, cos, sin, attend) -> torch.Tensor:
-        """The decoder layer with `attend(q, k, v) -> scores context` supplied by the caller."""
-        layer = self.layer
-        q, k, v = project_qkv(layer.self_attn, x, cos, sin)
-        mid = x + attend(q, k, v)
-        return mid + layer.mlp(layer.post_attention_layernorm(mid))
-
     def forward(
         self,
         features: torch.Tensor,
@@ -102,12 +91,7 @@ class EagleHead(nn.Module):
         positions = torch.arange(length, device=x.device)[None].expand(bsz, -1)
         cos, sin = self.rotary_emb(x, positions)
         mask = causal_mask(length, x.dtype, x.device, attention_mask)
-        return self.block(x, cos, sin, lambda q, k, v: self.attend(q, k, v, mask))
-
-    def attend(self, q, k, v, additive_mask) -> torch.Tensor:
-        attn = self.layer.self_attn
-        scores = torch.matmul(q, repeat_kv(k, attn.num_key_value_groups).transpose(2, 3))
-        return attention_output(attn, scores * attn.scaling + additive_mask, v)
+        return decoder_layer(self.layer, x, cos, sin, mask)
 
 
 def init_head(target_config, embedding: torch.Tensor) -> EagleHead:

@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from spadec.decoding.catalog import VERIFICATION
+from spadec.decoding.catalog import method_names, verification
 
 ROUTERS = {"dllm_baseline": "baseline (plain routers)", "dllm": "SpaDec's (robust routers)"}
 COLUMNS = {
@@ -31,14 +31,14 @@ COLUMNS = {
 
 
 def _verification(method: str, records: pd.DataFrame) -> str | None:
-    """The cell of a method: a named one, or spadec_eagle2 in the mode it ran."""
-    if method in VERIFICATION:
-        return VERIFICATION[method]
-    if method == "spadec_eagle2" and "ats_mode" in records:
+    """The cell of a method (`catalog.verification`): its own, or for a method run in the
+    configured ATS mode, the mode its records ran."""
+    cell = verification(method)
+    if cell is None and "ats_mode" in records:
         modes = records["ats_mode"].dropna().unique()
         if len(modes) == 1:
-            return VERIFICATION.get(f"spadec_eagle2_{modes[0]}")
-    return None
+            return verification(method, modes[0])
+    return cell
 
 
 def ablation_table(
@@ -54,8 +54,8 @@ def ablation_table(
             & (records["bench"] == key[1])
             & (records["method"] == key[2])
         ]
-        verification = _verification(s["method"], mine)
-        if verification is None:
+        cell = _verification(s["method"], mine)
+        if cell is None:
             continue
         target = mine["target"].iloc[0] if "target" in mine else "dllm"
         q = qual.loc[key] if key in qual.index else None
@@ -66,7 +66,7 @@ def ablation_table(
                 "model": key[0],
                 "bench": key[1],
                 "d_llm": ROUTERS.get(target, target),
-                "verification": verification,
+                "verification": cell,
                 "method": key[2],
                 "tau": s["tau"],
                 "layer_load_share": s["layer_load_share"],
@@ -77,7 +77,8 @@ def ablation_table(
             }
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    order = {name: i for i, name in enumerate([*ROUTERS.values(), *VERIFICATION.values()])}
+    cells = [c for m in method_names() if (c := verification(m))]
+    order = {name: i for i, name in enumerate([*ROUTERS.values(), *cells])}
     key = table[["d_llm", "verification"]].map(lambda v: order.get(v, len(order)))
     rank = key["d_llm"] * len(order) + key["verification"]
     return (

@@ -12,49 +12,45 @@ from __future__ import annotations
 from pathlib import Path
 
 from spadec.base.chat import prompt_ids
-from spadec.decoding.catalog import is_plain, references, separate_baseline, with_references
+from spadec.decoding import catalog
+from spadec.decoding.catalog import (
+    BASELINE,
+    DATA,
+    artefact_path,
+    is_plain,
+    model_keys,
+    references,
+    separate_baseline,
+)
 from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.methods import Models
+from spadec.eval.methods import Models
 from spadec.eval.speed import run_side_by_side, summarize
 from spadec.io import read_jsonl
 
 
 def results_paths(results: str | Path) -> dict[str, Path]:
-    """The models (by target name), heads, predictor and data of one model's results
-    folder (results/{model}), as evaluate_bench and Models.load take them; the baseline
-    D-LLM is named only when the run trained one."""
+    """The models (by artefact key: target names, heads, predictor) and data of one
+    model's results folder (results/{model}), as evaluate_bench and Models.load take them
+    (`catalog.artefact_path`); the baseline D-LLM is named only when the run trained one."""
     res = Path(results)
-    paths = {
-        "dense": res / "base",
-        "dllm": res / "dllm" / "hf",
-        "head_dense": res / "eagle" / "dense" / "head",
-        "head_dllm": res / "eagle" / "dllm" / "head",
-        "predictor": res / "predictor" / "model",
-        "data": res / "data",
-    }
-    if (res / "dllm_baseline" / "hf").is_dir():
-        paths["dllm_baseline"] = res / "dllm_baseline" / "hf"
-        paths["head_dllm_baseline"] = res / "eagle" / "dllm_baseline" / "head"
-    return paths
+    separate = (res / artefact_path("dllm_baseline")).is_dir()
+    return {key: res / artefact_path(key) for key in (*model_keys(separate), DATA)}
 
 
 def own_baselines(models: Models, methods: list[str]) -> dict[str, str]:
-    """Each method's plain decoding of the same target (a plain method's: ar), for the
-    summary."""
+    """Each method's plain decoding of the same target (a plain method's: the baseline),
+    for the summary."""
     refs = references({m: models.target_of(m) for m in methods})
-    return {m: "ar" if is_plain(m) else refs[m] for m in methods if m != "ar"}
+    return {m: BASELINE if is_plain(m) else refs[m] for m in methods if m != BASELINE}
 
 
 def bench_methods(speed: dict, ats_mode: str, separate: bool) -> list[str]:
-    """The methods an eval_speed job runs: the configured ones, spadec_eagle2 in the
-    other ATS mode when `compare_ats_modes` asks for it, and the plain decoding of every
-    target they run on (each lossless method's reference)."""
-    methods = list(speed["methods"])
-    if speed["compare_ats_modes"] and "spadec_eagle2" in methods:
-        other = "steer" if ats_mode == "prune" else "prune"
-        methods.append(f"spadec_eagle2_{other}")
-    return with_references(methods, separate)
+    """The methods an eval_speed job runs (`catalog.bench_methods`): the configured ones,
+    their fixed ATS-mode variants in the other mode when `compare_ats_modes` asks for it,
+    and the plain decoding of every target they run on (each lossless method's
+    reference)."""
+    return catalog.bench_methods(speed["methods"], ats_mode, speed["compare_ats_modes"], separate)
 
 
 def load_prompts(data_dir: str | Path, bench: str) -> list[dict]:
@@ -82,10 +78,11 @@ def evaluate_bench(
     """(metrics, per-turn records) of one model on one benchmark.
 
     `speed` = eval.speed settings, `decode` = eagle.decode (dtype, tree), `ats` =
-    predictor.decode; `paths` names dense, dllm, dllm_baseline, head_dense, head_dllm,
-    head_dllm_baseline, predictor and data (the baseline D-LLM and its head may be
-    missing or equal to dllm's: then one D-LLM serves every method). `max_prompts` cuts
-    the benchmark further (benchmarks/ sweeps)."""
+    predictor.decode; `paths` maps artefact keys (`catalog.model_keys`: dense, dllm,
+    dllm_baseline, head_<target>, predictor) and `data` to directories, at least those
+    the methods load (`catalog.needs`); a missing baseline D-LLM, or one equal to dllm's,
+    means one D-LLM serves every method. `max_prompts` cuts the benchmark further
+    (benchmarks/ sweeps)."""
     methods = bench_methods(speed, ats["ats_mode"], separate_baseline(paths))
     models = Models.load(
         methods,
@@ -94,7 +91,7 @@ def evaluate_bench(
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
     )
-    questions = load_prompts(paths["data"], bench)[:max_prompts]
+    questions = load_prompts(paths[DATA], bench)[:max_prompts]
     tok = models.tokenizer
     prompts = [(str(q["id"]), prompt_ids(tok, q["turns"][0])) for q in questions]
     params = TreeParams.from_settings(decode)
@@ -132,7 +129,7 @@ def evaluate_bench(
         "temperature": speed["temperature"],
         "tree": {"total_tokens": params.total_tokens, "depth": params.depth, "top_k": params.top_k},
         "ats_mode": ats["ats_mode"],
-        "methods": summarize(records, {m: "ar" for m in methods if m != "ar"}),
+        "methods": summarize(records, {m: BASELINE for m in methods if m != BASELINE}),
         "targets": {m: models.target_of(m) for m in methods},
         "vs_own_target": summarize(records, own_baselines(models, methods)),
     }

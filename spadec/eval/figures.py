@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from spadec.decoding.catalog import (  # noqa: E402
-    DENSE_METHODS,
-    METHOD_ORDER,
+    BASELINE,
     colour,
     is_peer,
     label,
+    on_dense,
+    rank,
 )
 from spadec.eval.tables import LAYER_RATE  # noqa: E402
 
@@ -56,7 +57,7 @@ def _grouped_bars(ax, df: pd.DataFrame, value: str, methods: list[str], err: str
 def speedup_figure(speedups: pd.DataFrame, path: str | Path) -> None:
     """Grouped bars: (model, benchmark) groups × methods, speedup over ar (mean of per-prompt
     ratios, error bar = its standard deviation), values on the bars."""
-    methods = [m for m in dict.fromkeys(speedups["method"]) if m != "ar"]
+    methods = [m for m in dict.fromkeys(speedups["method"]) if m != BASELINE]
     groups = _groups(speedups)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.2 + 0.55 * len(methods) * len(groups)), 4.6))
     _grouped_bars(ax, speedups, "speedup", methods, err="speedup_std")
@@ -76,7 +77,7 @@ def speedup_figure(speedups: pd.DataFrame, path: str | Path) -> None:
 def quality_figure(quality: pd.DataFrame, path: str | Path) -> None:
     """Per method: position-wise token agreement with ar and with its lossless reference."""
     groups = _groups(quality)
-    methods = [m for m in dict.fromkeys(quality["method"]) if m != "ar"]
+    methods = [m for m in dict.fromkeys(quality["method"]) if m != BASELINE]
     width = max(3.5, 0.45 * len(methods) * len(groups) + 1.0)
     fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.0), sharey=True)
     for ax, col, title in (
@@ -105,10 +106,9 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
         styles = iter(
             zip(["-", "--", ":", "-.", "-", "--", ":", "-."], range(9, 1, -1), strict=True)
         )
-        rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-        for method in sorted(dict.fromkeys(sub["method"]), key=lambda m: rank.get(m, len(rank))):
+        for method in sorted(dict.fromkeys(sub["method"]), key=rank):
             rows = sub[sub["method"] == method]
-            if LAYER_RATE not in rows or rows[LAYER_RATE].isna().all() or method in DENSE_METHODS:
+            if LAYER_RATE not in rows or rows[LAYER_RATE].isna().all() or on_dense(method):
                 continue
             per_layer = pd.DataFrame(rows[LAYER_RATE].dropna().tolist()).mean(0)
             style, size = next(styles)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spadec.decoding.catalog import PEERS, label
+from spadec.decoding.catalog import label, peers
 from spadec.eval.ablation import COLUMNS as ABLATION_COLUMNS
 from spadec.eval.ablation import ablation_table
 from spadec.eval.figures import layer_load_figure, quality_figure, speedup_figure
@@ -38,7 +38,7 @@ SPEEDUP_COLUMNS = {
     "speedup": "speedup (mean of ratios)",
     "speedup_std": "± std",
     "speedup_total": "speedup (ratio of totals)",
-    **{f"speedup_vs_{p}": f"× {label(p).replace(' (peer)', '')}" for p in PEERS},
+    **{f"speedup_vs_{p}": f"× {label(p).replace(' (peer)', '')}" for p in peers()},
     "tokens_per_s": "tokens/s",
     "tau": "tau",
     "layer_load_share": "layer load",

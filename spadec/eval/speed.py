@@ -21,8 +21,8 @@ import torch
 
 from spadec.decoding.catalog import is_peer
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.methods import Models, run_method
 from spadec.decoding.timing import sum_timings
+from spadec.eval.methods import Models, run_method
 from spadec.logs import progress
 
 # a sampled run's generator for prompt i is seeded with seed * stride + i: every method

@@ -25,12 +25,14 @@ from pathlib import Path
 import pandas as pd
 
 from spadec.decoding.catalog import (
-    DENSE_METHODS,
-    METHOD_ORDER,
-    PEERS,
+    BASELINE,
+    SHOWCASE,
     default_target,
     is_peer,
     is_plain,
+    on_dense,
+    peers,
+    rank,
     references,
 )
 from spadec.decoding.timing import PARTS
@@ -96,8 +98,7 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    key = df["method"].map(lambda m: rank.get(m, len(rank)))
+    key = df["method"].map(rank)
     return (
         df.assign(_rank=key)
         .sort_values(["model", "bench", "_rank", "method"])
@@ -109,23 +110,25 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, bench, method): speedups vs ar (both definitions, spread),
     tokens/s, tau, layer shares, forwards per token, share of outputs equal to ar's."""
-    ar = df[df["method"] == "ar"][["model", "bench", "prompt_id", "new_tokens", "wall_s"]]
+    ar = df[df["method"] == BASELINE][["model", "bench", "prompt_id", "new_tokens", "wall_s"]]
     if ar.empty:
-        raise RecordsError("no `ar` records: speedups are measured against ar")
+        raise RecordsError(f"no `{BASELINE}` records: speedups are measured against {BASELINE}")
     missing = set(map(tuple, df[KEY[:2]].drop_duplicates().values)) - set(
         map(tuple, ar[KEY[:2]].drop_duplicates().values)
     )
     if missing:
-        raise RecordsError(f"no `ar` records for {sorted(missing)}")
+        raise RecordsError(f"no `{BASELINE}` records for {sorted(missing)}")
     rows = []
     for (model, bench), group in df.groupby(KEY[:2], sort=False):
         # the ratios themselves are spadec.eval.speed.summarize's (one definition)
         present = _present(group)
-        summary = summarize(present, {m: "ar" for m in group["method"].unique() if m != "ar"})
+        summary = summarize(
+            present, {m: BASELINE for m in group["method"].unique() if m != BASELINE}
+        )
         methods = group["method"].unique()
         vs_peer = {
             peer: summarize(present, {m: peer for m in methods if m != peer})
-            for peer in PEERS
+            for peer in peers()
             if peer in methods
         }
         for method, g in group.groupby("method", sort=False):
@@ -150,7 +153,7 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
                 else math.nan,
             }
             row["tau"] = _mean_or(g, "tau", 1.0 if is_plain(method) else math.nan)
-            dense = method in DENSE_METHODS
+            dense = on_dense(method)
             row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
             row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
             if "draft_forwards" in g and g["draft_forwards"].notna().any():
@@ -160,11 +163,8 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
             timing = s.get("timing")  # where the time went (tree methods, if recorded)
             for part in (*PARTS, "host") if timing else ():
                 row[f"time_share_{part}"] = timing["shares"].get(part, math.nan)
-            for peer in PEERS:
-                if peer in vs_peer:
-                    row[f"speedup_vs_{peer}"] = vs_peer[peer][method].get(
-                        "speedup_mean_of_ratios", 1.0
-                    )
+            for peer, vs in vs_peer.items():  # in catalog order
+                row[f"speedup_vs_{peer}"] = vs[method].get("speedup_mean_of_ratios", 1.0)
             rows.append(row)
     return _order(pd.DataFrame(rows))
 
@@ -207,7 +207,7 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     for (model, bench, method), g in df.groupby(KEY, sort=False):
         row = {"model": model, "bench": bench, "method": method, "prompts": len(g)}
         reference = refs[(model, bench)][method]
-        for name, ref in (("ar", "ar"), ("reference", reference)):
+        for name, ref in (("ar", BASELINE), ("reference", reference)):
             if ref is None:
                 continue
             other = base[
@@ -229,13 +229,14 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     return _order(pd.DataFrame(rows))
 
 
-def responses_table(df: pd.DataFrame, examples: int, method: str = "spadec_eagle2") -> pd.DataFrame:
-    """The paper's example figure: prompt, ar's answer and `method`'s answer, side by side."""
+def responses_table(df: pd.DataFrame, examples: int, method: str = SHOWCASE) -> pd.DataFrame:
+    """The paper's example figure: prompt, the baseline's (ar's) answer and `method`'s
+    answer, side by side."""
     if examples <= 0 or "output_text" not in df:
         return pd.DataFrame(columns=["model", "bench", "prompt", "ar", method])
     rows = []
     for (model, bench), g in df.groupby(["model", "bench"], sort=True):
-        ar = g[g["method"] == "ar"].set_index("prompt_id")
+        ar = g[g["method"] == BASELINE].set_index("prompt_id")
         other = g[g["method"] == method].set_index("prompt_id")
         for pid in [p for p in ar.index if p in other.index][:examples]:
             rows.append(

@@ -113,10 +113,10 @@ def test_launcher_leases_a_gpu_for_the_child(tmp_path):
 
 
 def test_dllm_cached_decoding_on_cuda_matches_its_full_forward():
-    from spadec.dllm.cache import LayerSkipCache
     from spadec.dllm.configuration import DLLMLlamaConfig
-    from spadec.dllm.inference import forward_step
     from spadec.dllm.modeling import DLLMLlamaForCausalLM
+    from spadec.runtime.cache import LayerSkipCache
+    from spadec.runtime.forward import chain_forward, gate_matrix
 
     torch.manual_seed(0)
     cfg = DLLMLlamaConfig(
@@ -136,12 +136,10 @@ def test_dllm_cached_decoding_on_cuda_matches_its_full_forward():
     with torch.no_grad():
         full = model(ids)
     cache = LayerSkipCache.empty(cfg.num_hidden_layers)
-    logits, gates = zip(
-        *(forward_step(model, c, cache) for c in (ids[:, :10], *ids[:, 10:].split(1, 1))),
-        strict=True,
-    )
-    assert torch.equal(torch.cat(gates), full.gates[0])
-    torch.testing.assert_close(torch.cat(logits, 1), full.logits, rtol=1e-4, atol=1e-4)
+    passes = [chain_forward(model, c, cache) for c in (ids[0, :10], *ids[0, 10:].split(1))]
+    assert torch.equal(torch.cat([gate_matrix(tp) for _, _, tp in passes]), full.gates[0])
+    logits = torch.cat([lg for lg, _, _ in passes])[None]
+    torch.testing.assert_close(logits, full.logits, rtol=1e-4, atol=1e-4)
 
 
 def test_eagle2_on_cuda_is_lossless_and_matches_cpu():

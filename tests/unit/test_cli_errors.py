@@ -266,7 +266,7 @@ def test_eval_refuses_a_long_prompt_before_any_run(good, tmp_path):
     ("flag", "calls", "label"), [([], 2, "after one warm-up call"), (["--no-warmup"], 1, "cold")]
 )
 def test_generate_times_a_warm_call_and_says_so(capsys, monkeypatch, good, flag, calls, label):
-    import spadec.decoding.methods as methods
+    import spadec.eval.methods as methods
 
     seen = []
     real = methods.run_method

@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM
 
-from spadec.dllm.cache import LayerSkipCache
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.dllm.configuration import DLLMLlamaConfig, DLLMQwen2Config
-from spadec.dllm.inference import dllm_decode, forward_step
 from spadec.dllm.modeling import DLLMLlamaForCausalLM, DLLMQwen2ForCausalLM
 from spadec.dllm.router import quantize_router_input
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.forward import chain_forward, gate_matrix
 
 SHAPE = dict(
     vocab_size=300,
@@ -73,7 +74,7 @@ def test_cached_decoding_equals_the_full_forward_skips_included(variant, bits):
     assert 0.2 < dynamic.mean() < 0.8, "the test needs real skips"
     cache = LayerSkipCache.empty(model.config.num_hidden_layers)
     chunks = [ids[:, :7], ids[:, 7:8], ids[:, 8:15], *ids[:, 15:].split(1, dim=1)]
-    logits, gates = zip(*(forward_step(model, c, cache) for c in chunks), strict=True)
+    logits, gates = zip(*(_cached_step(model, c, cache) for c in chunks), strict=True)
     # fp64 weights; rotary tables are built in fp32 by transformers, hence not 1e-12.
     torch.testing.assert_close(torch.cat(logits, dim=1), full.logits, rtol=0, atol=1e-6)
     assert torch.equal(torch.cat(gates), full.gates[0])
@@ -99,7 +100,7 @@ def test_a_skipped_layer_costs_no_compute():
     model.model.layers[last].mlp.register_forward_hook(
         lambda _module, args, _out: tokens_computed.append(args[0].shape[1])
     )
-    result = dllm_decode(model, tokens(4), 6)
+    result = autoregressive_decode(model, tokens(4), 6)
     # Only the prompt's 2 reserved positions ran the layer (in the prefill); no decode step did.
     assert tokens_computed == [2]
     assert result.extra["layer_execution_rate"][last] == 0.0
@@ -108,7 +109,7 @@ def test_a_skipped_layer_costs_no_compute():
 def test_greedy_decode_is_the_models_own_greedy_output():
     model = make()
     prompt = tokens(6)
-    got = dllm_decode(model, prompt, 10).output_ids
+    got = autoregressive_decode(model, prompt, 10).output_ids
     seq = prompt
     with torch.no_grad():
         for _ in range(10):
@@ -120,7 +121,7 @@ def test_greedy_decode_is_the_models_own_greedy_output():
 def test_sampled_decode_is_reproducible_with_a_seeded_generator():
     model = make()
     runs = [
-        dllm_decode(
+        autoregressive_decode(
             model, tokens(5), 8, temperature=0.8, generator=torch.Generator().manual_seed(3)
         ).output_ids
         for _ in range(2)
@@ -143,7 +144,7 @@ def test_training_mode_samples_routers_and_trains_them():
     grad = model.model.layers[model.config.dynamic_start_layer].router.linear_1.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     with pytest.raises(ValueError, match="eval"):
-        forward_step(model, tokens(3), LayerSkipCache.empty(6))
+        _cached_step(model, tokens(3), LayerSkipCache.empty(6))
 
 
 def test_save_and_load_through_auto_classes(tmp_path):
@@ -176,3 +177,9 @@ def test_bad_router_settings_are_refused():
         DLLMLlamaForCausalLM(DLLMLlamaConfig(**{**SHAPE, "dynamic_start_layer": 9}))
     with pytest.raises(ValueError, match="router_input_bits"):
         DLLMLlamaForCausalLM(DLLMLlamaConfig(**{**SHAPE, "router_input_bits": 3}))
+
+
+def _cached_step(model, ids, cache):
+    """Cached forward of new tokens [1, n]: (logits [1, n, V], decisions [n, layers])."""
+    logits, _, tp = chain_forward(model, ids[0], cache)
+    return logits[None], gate_matrix(tp)

@@ -14,13 +14,13 @@ from spadec.config import resolve_stage
 from spadec.dllm.build import dllm_config_from, dllm_from_base
 from spadec.dllm.data import IGNORE, collate, encode_example
 from spadec.dllm.merge import convert_hf, merge_lora
-from spadec.dllm.share_targets import check_layer_profile
 from spadec.dllm.train import (
     activation_loss,
     finetune,
     learning_rate,
     sparsity_weight,
 )
+from spadec.share_targets import check_layer_profile
 
 pytestmark = pytest.mark.slow
 

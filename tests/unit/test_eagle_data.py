@@ -10,7 +10,6 @@ import torch
 
 from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.batched import generate_batch
-from spadec.dllm.inference import dllm_decode
 from spadec.eagle.data import (
     EagleDataError,
     ShardReader,
@@ -37,7 +36,7 @@ def test_batched_generation_equals_batch_one_greedy_decoding(kind):
     vocab = model.config.vocab_size
     ps = prompts(vocab)
     batched = generate_batch(model, ps, 20, EOS, PAD)
-    decode = autoregressive_decode if kind == "dense" else dllm_decode
+    decode = autoregressive_decode
     for p, got in zip(ps, batched, strict=True):
         assert got == decode(model, torch.tensor([p]), 20, EOS).output_ids
 

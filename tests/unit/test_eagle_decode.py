@@ -14,10 +14,17 @@ from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.draft import TreeParams, select_tree
 from spadec.decoding.eagle2 import eagle2_decode, speculative_decode
 from spadec.decoding.tree import DraftTree, TreeError, compile_tree
-from spadec.decoding.verify import commit, finish_pass, run_layers, start_chain, start_tree
-from spadec.dllm.cache import LayerSkipCache
-from spadec.dllm.inference import dllm_decode, forward_step
+from spadec.decoding.verify import start_tree
 from spadec.eagle.head import new_head
+from spadec.runtime.cache import LayerSkipCache
+from spadec.runtime.forward import (
+    chain_forward,
+    commit,
+    finish_pass,
+    gate_matrix,
+    run_layers,
+    start_chain,
+)
 from tests.unit.test_dllm_model import make as make_dllm
 
 SHAPE = dict(
@@ -175,7 +182,7 @@ def test_eos_and_max_new_tokens_cut_the_output_like_ar():
 def test_greedy_eagle2_dllm_equals_greedy_dllm(variant):
     model = make_dllm(variant)
     ids = prompt(vocab=model.config.vocab_size)
-    ref = dllm_decode(model, ids, 48)
+    ref = autoregressive_decode(model, ids, 48)
     assert 0.2 < ref.extra["executed_share"] < 0.9, "the test needs real skips"
     head = new_head(model).double().eval()
     random_head = eagle2_decode(model, head, ids, TreeParams(10, 3, 3), 48)
@@ -193,7 +200,7 @@ def test_greedy_eagle2_dllm_equals_greedy_dllm(variant):
 def test_tree_split_rate_is_zero_when_every_router_agrees():
     model = make_dllm("llama-gqa", skip_half=False)  # the execute-first initial bias
     ids = prompt(vocab=model.config.vocab_size)
-    ref = dllm_decode(model, ids, 24)
+    ref = autoregressive_decode(model, ids, 24)
     assert ref.extra["executed_share"] == 1.0
     oracle = OracleDrafter(ref.output_ids + [0] * 8, ids.shape[1], model.config.vocab_size)
     out = speculative_decode(model, oracle, ids, 24)
@@ -229,9 +236,9 @@ def test_commit_leaves_the_cache_of_decoding_the_path_token_by_token(dynamic):
     ref = LayerSkipCache.empty(num_layers)
     ref_logits = []
     if dynamic:
-        forward_step(model, ids, ref)
+        _cached_step(model, ids, ref)
         for tok in t.tokens[path].tolist():
-            ref_logits.append(forward_step(model, torch.tensor([[tok]]), ref)[0][0, -1])
+            ref_logits.append(_cached_step(model, torch.tensor([[tok]]), ref)[0][0, -1])
     else:
         from transformers import DynamicCache
 
@@ -242,14 +249,17 @@ def test_commit_leaves_the_cache_of_decoding_the_path_token_by_token(dynamic):
         for tok in t.tokens[path].tolist():
             out = model(input_ids=torch.tensor([[tok]]), **with_cache(dyn))
             ref_logits.append(out.logits[0, -1])
-        ref.keys = [layer.keys for layer in dyn.layers]
-        ref.values = [layer.values for layer in dyn.layers]
-        ref.seen_tokens = ids.shape[1] + path.numel()
     torch.testing.assert_close(logits[path], torch.stack(ref_logits), rtol=0, atol=1e-6)
-    assert cache.seen_tokens == ref.seen_tokens
-    assert cache.layer_lengths() == ref.layer_lengths()
-    for mine, theirs in zip(cache.keys + cache.values, ref.keys + ref.values, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    if dynamic:
+        ref_kv, ref_seen = [ref.layer(i) for i in range(num_layers)], ref.seen_tokens
+    else:  # transformers' own cache of the same tokens
+        ref_kv = [(layer.keys, layer.values) for layer in dyn.layers]
+        ref_seen = ids.shape[1] + path.numel()
+    assert cache.seen_tokens == ref_seen
+    assert cache.layer_lengths() == [k.shape[2] for k, _ in ref_kv]
+    for i, (keys, values) in enumerate(ref_kv):
+        torch.testing.assert_close(cache.layer(i)[0], keys, rtol=0, atol=1e-6)
+        torch.testing.assert_close(cache.layer(i)[1], values, rtol=0, atol=1e-6)
 
 
 # --- sampling -------------------------------------------------------------------------
@@ -389,3 +399,9 @@ def test_empty_prompt_and_huge_top_k_are_handled():
         eagle2_decode(model, head, torch.zeros(1, 0, dtype=torch.long), TreeParams(8, 2, 2), 4)
     wide = eagle2_decode(model, head, prompt(), TreeParams(300, 1, 500), 8)  # top_k > vocab
     assert wide.output_ids == autoregressive_decode(model, prompt(), 8).output_ids
+
+
+def _cached_step(model, ids, cache):
+    """Cached forward of new tokens [1, n]: (logits [1, n, V], decisions [n, layers])."""
+    logits, _, tp = chain_forward(model, ids[0], cache)
+    return logits[None], gate_matrix(tp)

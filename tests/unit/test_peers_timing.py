@@ -20,12 +20,11 @@ from spadec.decoding.catalog import (
 )
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode, speculative_decode
-from spadec.decoding.methods import Models, run_method
 from spadec.decoding.peers import hf_generate_decode
 from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.timing import PARTS, StepTimer, sum_timings
-from spadec.dllm.inference import dllm_decode
 from spadec.eagle.head import new_head
+from spadec.eval.methods import Models, run_method
 from spadec.eval.speed import run_side_by_side, summarize
 from tests.unit.test_dllm_model import make as make_dllm
 from tests.unit.test_eagle_decode import OracleDrafter, dense, prompt
@@ -129,7 +128,7 @@ def test_step_timings_sum_to_at_most_the_wall_time_and_change_no_token():
 def test_spadec_verify_is_split_into_first_k_predictor_and_rest():
     model = make_dllm("llama-gqa")
     ids = prompt(vocab=model.config.vocab_size)
-    ref = dllm_decode(model, ids, 30)
+    ref = autoregressive_decode(model, ids, 30)
     oracle = OracleDrafter(ref.output_ids + [0] * 8, ids.shape[1], model.config.vocab_size)
     verify = spadec_verify_step(_predictor(model), "prune")
     out = speculative_decode(

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from spadec.dllm.routing import routing_measures
-from spadec.dllm.share_targets import dynamic_layer_rate
 from spadec.dllm.train import activation_loss
+from spadec.share_targets import dynamic_layer_rate
 
 # 4 layers, layer 0 static; 10 tokens.
 STATIC_PRUNING = torch.tensor([[1, 1, 0, 1]] * 10)  # every token skips layer 2

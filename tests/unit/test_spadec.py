@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from spadec.decoding.ats import depth_weights, select
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode, speculative_decode
 from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.tree import DraftTree, compile_tree
-from spadec.dllm.inference import dllm_decode
 from spadec.eagle.head import new_head
-from spadec.predictor.ats import depth_weights, select
 from spadec.predictor.data import collect_nodes, read_shards, write_shard
 from spadec.predictor.metrics import calibration, roc_auc
 from spadec.predictor.model import (
@@ -110,7 +110,7 @@ def _predictor(model, layer_k=3, seed=0, draft=False):
 def test_spadec_prune_mode_equals_greedy_dllm(variant, draft):
     model = make_dllm(variant)
     ids = prompt(vocab=model.config.vocab_size)
-    ref = dllm_decode(model, ids, 40)
+    ref = autoregressive_decode(model, ids, 40)
     verify = spadec_verify_step(_predictor(model, draft=draft), "prune")
     head = new_head(model).double().eval()
     random_head = eagle2_decode(model, head, ids, TreeParams(12, 3, 3), 40, verify_step=verify)
@@ -126,9 +126,9 @@ def test_steer_mode_lets_only_the_selected_path_vote():
     """A layer with a wanting token off the selected path is skipped in steer mode and
     run in prune/plain verification (steer is lossy by design: its match rate is measured
     by the evaluation, not asserted)."""
-    from spadec.decoding.eagle2 import verify_all_layers
-    from spadec.decoding.verify import commit, finish_pass, run_layers, start_chain
-    from spadec.dllm.cache import LayerSkipCache
+    from spadec.decoding.verify import verify_all_layers
+    from spadec.runtime.cache import LayerSkipCache
+    from spadec.runtime.forward import commit, finish_pass, run_layers, start_chain
 
     model = make_dllm("llama-gqa")
     ids = prompt(vocab=model.config.vocab_size)
@@ -213,7 +213,7 @@ def test_with_token_dependent_routers_prune_lowers_the_layer_load():
         3, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(5)
     )
     _calibrate_routers(model, torch.cat([ids, calib], 1), share=0.3)
-    ref = dllm_decode(model, ids, 40)
+    ref = autoregressive_decode(model, ids, 40)
     rates = ref.extra["layer_execution_rate"][model.config.dynamic_start_layer :]
     assert all(0.05 < r < 0.6 for r in rates), rates  # per-token decisions differ
 

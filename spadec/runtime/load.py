@@ -1,4 +1,4 @@
-"""Loading a target model (dense or D-LLM) and its tokenizer for decoding stages."""
+"""Loading a target model (dense or D-LLM) and its tokenizer, and the weight dtypes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from spadec.artefacts import ArtefactError, check_safetensors, first_line, read_config_json
-from spadec.base.sources import DTYPES
+
+# the dtype names configs use for weights and stored features
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_device() -> torch.device:

@@ -1,5 +1,7 @@
-"""The decoding methods of the paper's tables, behind one call (what each runs on:
-`spadec.decoding.catalog`).
+"""The decoding methods of the paper's tables, behind one call. What each runs on, how it
+drafts and how it verifies is declared in `spadec.decoding.catalog`; this module maps those
+declarations to code: a loader and a decoder per drafter kind (`DRAFTERS`), a verify step
+per verify kind (`VERIFY_STEPS`), the peers' decoders.
 
 ar            dense target, one token per forward (the 1.0x baseline)
 dllm          baseline D-LLM, one token per forward, real layer skipping
@@ -20,30 +22,34 @@ hf_prompt_lookup
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from spadec.decoding.autoregressive import DecodeResult, autoregressive_decode
+from spadec.decoding import catalog
+from spadec.decoding.ats import DEFAULT_ACC_LENGTH
+from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.catalog import (
-    ATS_VARIANTS,
+    PREDICTOR,
     TARGETS,
-    base_method,
+    drafter_key,
     method_info,
+    needs,
     resolve_target,
     separate_baseline,
 )
 from spadec.decoding.context import check_prompt_fits, context_length
 from spadec.decoding.draft import TreeParams
-from spadec.decoding.eagle2 import eagle2_decode, verify_all_layers
+from spadec.decoding.eagle2 import eagle2_decode
 from spadec.decoding.peers import PROMPT_LOOKUP_TOKENS, hf_generate_decode
 from spadec.decoding.spadec import spadec_verify_step
-from spadec.decoding.targets import load_target
-from spadec.dllm.inference import dllm_decode
+from spadec.decoding.verify import verify_all_layers
 from spadec.eagle.head import EagleHead, check_head_fits, load_head
-from spadec.predictor.ats import DEFAULT_ACC_LENGTH
 from spadec.predictor.model import AcceptancePredictor, check_predictor_fits, load_predictor
+from spadec.runtime.load import load_target
+from spadec.runtime.sampling import DecodeResult
 
 
 @dataclass
@@ -52,7 +58,7 @@ class Models:
     baseline D-LLM, `dllm_baseline` resolves to `dllm`."""
 
     targets: dict[str, torch.nn.Module] = field(default_factory=dict)
-    heads: dict[str, EagleHead] = field(default_factory=dict)
+    heads: dict[str, EagleHead] = field(default_factory=dict)  # EAGLE heads, by target
     predictor: AcceptancePredictor | None = None
     separate_baseline: bool = False
     ats_mode: str = "prune"
@@ -86,46 +92,36 @@ class Models:
         ats_mode: str = "prune",
         acc_length: int = DEFAULT_ACC_LENGTH,
     ) -> Models:
-        """Load what `methods` need. `paths` maps target names (dense, dllm,
-        dllm_baseline), `head_<target>` and `predictor` to directories; a missing or
-        equal `dllm_baseline` (and its head) means the run has one D-LLM. A missing path
-        for a needed model is an error."""
+        """Load what `methods` need (`catalog.needs`). `paths` maps artefact keys (target
+        names dense, dllm, dllm_baseline; a drafter's `head_<target>`; `predictor`) to
+        directories; a missing or equal `dllm_baseline` means the run has one D-LLM. A
+        missing path for a needed model is an error."""
         for m in methods:
             method_info(m)  # unknown names fail here, listing the known ones
         models = cls(
             separate_baseline=separate_baseline(paths), ats_mode=ats_mode, acc_length=acc_length
         )
-        needed = set()
-        for m in methods:
-            info = method_info(m)
-            needed.add(models.resolve(info.target))
-            if info.head:
-                needed.add(f"head_{models.resolve(info.head)}")
-            if base_method(m) == "spadec_eagle2":
-                needed.add("predictor")
-        missing = sorted(k for k in needed if not paths.get(k))
+        needed = needs(methods, models.separate_baseline)
+        missing = [k for k in needed if not paths.get(k)]
         if missing:
             raise ValueError(f"methods {methods} need a path for: {', '.join(missing)}")
-        for name in sorted(needed & set(TARGETS)):
+        for name in (k for k in needed if k in TARGETS):
             model, tok = load_target(paths[name], dtype, device)
             models.targets[name] = model
             models.tokenizer = models.tokenizer or tok
-        for name in sorted(t for t in TARGETS if f"head_{t}" in needed):
-            target = models.targets[name]
-            dev = next(target.parameters()).device
-            head = load_head(paths[f"head_{name}"], target.dtype, dev)
-            check_head_fits(head, paths[f"head_{name}"], target, paths[name])
-            models.heads[name] = head
-        if "predictor" in needed:
-            models.predictor = load_predictor(paths["predictor"], models.device)
+        for kind, drafter in DRAFTERS.items():
+            for target in TARGETS:
+                key = drafter_key(kind, target)
+                if key in needed:
+                    drafter.load(models, target, paths[key], paths[target])
+        if PREDICTOR in needed:
+            models.predictor = load_predictor(paths[PREDICTOR], models.device)
             spadec_target = next(
-                models.resolve(method_info(m).target)
-                for m in methods
-                if base_method(m) == "spadec_eagle2"
+                models.target_of(m) for m in methods if method_info(m).needs_predictor
             )
             check_predictor_fits(
                 models.predictor,
-                paths["predictor"],
+                paths[PREDICTOR],
                 models.targets[spadec_target],
                 paths[spadec_target],
             )
@@ -136,9 +132,44 @@ class Models:
     ) -> None:
         """Refuse (PromptTooLongError) a prompt that would run `method`'s target past its
         context; a tree method also needs room for its deepest draft."""
-        tree_room = 0 if method_info(method).head is None else params.depth
-        context = context_length(self.target(method_info(method).target))
+        info = method_info(method)
+        ours = DRAFTERS.get(info.drafter) if not info.peer else None
+        tree_room = ours.room(params) if ours else 0
+        context = context_length(self.target(info.target))
         check_prompt_fits(prompt_tokens, max_new_tokens, context, tree_room)
+
+
+@dataclass(frozen=True)
+class DrafterKind:
+    """The code of a drafter kind of the catalog (`catalog.DRAFTERS`)."""
+
+    # (models, target name, artefact dir, target dir): load the drafter into `models`
+    load: Callable[[Models, str, str | Path, str | Path], None]
+    # (models, target name, target, input_ids, params, *loop arguments) -> DecodeResult
+    decode: Callable[..., DecodeResult]
+    room: Callable[[TreeParams], int]  # draft positions beyond the generated tokens
+
+
+def _load_eagle(models: Models, target: str, path, target_path) -> None:
+    model = models.targets[target]
+    head = load_head(path, model.dtype, next(model.parameters()).device)
+    check_head_fits(head, path, model, target_path)
+    models.heads[target] = head
+
+
+def _decode_eagle(models: Models, target: str, model, input_ids, params, *args, **kwargs):
+    return eagle2_decode(model, models.head(target), input_ids, params, *args, **kwargs)
+
+
+# our drafter kinds (a peer's drafting is its own: PEER_DRAFT)
+DRAFTERS = {"eagle": DrafterKind(_load_eagle, _decode_eagle, lambda params: params.depth)}
+# verify kind -> (models, ATS mode) -> the verify step
+VERIFY_STEPS: dict[str, Callable] = {
+    "all": lambda models, mode: verify_all_layers,
+    "spadec": lambda models, mode: spadec_verify_step(models.predictor, mode, models.acc_length),
+}
+# a peer's drafter kind -> transformers' prompt_lookup_num_tokens (None: plain generate)
+PEER_DRAFT = {None: None, "prompt_lookup": PROMPT_LOOKUP_TOKENS}
 
 
 def run_method(
@@ -159,31 +190,27 @@ def run_method(
     info = method_info(method)
     target = models.target(info.target)
     models.check_prompt(method, input_ids.shape[-1], max_new_tokens, params)
-    if method == "ar":
-        return autoregressive_decode(
-            target, input_ids, max_new_tokens, eos_token_id, temperature, generator
-        )
     if info.peer:
-        lookup = PROMPT_LOOKUP_TOKENS if method == "hf_prompt_lookup" else None
+        lookup = PEER_DRAFT[info.drafter]
         return hf_generate_decode(
             target, input_ids, max_new_tokens, eos_token_id, temperature, lookup, generator
         )
     if info.plain:
-        return dllm_decode(target, input_ids, max_new_tokens, eos_token_id, temperature, generator)
-    verify, mode = verify_all_layers, None
-    if base_method(method) == "spadec_eagle2":
-        mode = ATS_VARIANTS.get(method, models.ats_mode)
-        verify = spadec_verify_step(models.predictor, mode, models.acc_length)
-    result = eagle2_decode(
+        return autoregressive_decode(
+            target, input_ids, max_new_tokens, eos_token_id, temperature, generator
+        )
+    mode = catalog.ats_mode(method, models.ats_mode)
+    result = DRAFTERS[info.drafter].decode(
+        models,
+        models.resolve(info.target),
         target,
-        models.head(info.head),
         input_ids,
         params,
         max_new_tokens,
         eos_token_id,
         temperature,
         generator,
-        verify_step=verify,
+        verify_step=VERIFY_STEPS[info.verify](models, mode),
         step_timing=step_timing,
         sync_timing=sync_timing,
     )
