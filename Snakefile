@@ -20,6 +20,7 @@ include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/dllm.smk"
 include: "rules/eagle.smk"
+include: "rules/medusa.smk"
 include: "rules/predictor.smk"
 include: "rules/eval.smk"
 

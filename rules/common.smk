@@ -21,11 +21,14 @@ from spadec.config import (
 )
 from spadec.decoding.catalog import (
     DATA,
+    DRAFTERS,
     artefact_option,
     artefact_path,
     bench_methods,
+    drafter_key,
     eval_inputs,
     model_keys,
+    predictor_keys,
 )
 from spadec.io import write_json
 from spadec.smoke import parse_smoke_flag, smoke_config
@@ -133,8 +136,29 @@ def eagle_shards(wc):
 def predictor_shards(wc):
     count = stage_settings(wc.model, "predictor")["shards"]
     return expand(
-        "results/{model}/predictor/data/shard_{shard}", model=wc.model, shard=range(count)
+        "results/{model}/{predictor}/data/shard_{shard}",
+        model=wc.model,
+        predictor=wc.predictor,
+        shard=range(count),
     )
+
+
+def predictor_drafter(wc):
+    """The drafter kind whose trees the predictor `{predictor}` learns (catalog.DRAFTERS)."""
+    return next(kind for kind, d in DRAFTERS.items() if d.predictor == wc.predictor)
+
+
+def predictor_data_inputs(wc):
+    """A predictor_data job's drafter on SpaDec's D-LLM, and Medusa's tree settings."""
+    kind = predictor_drafter(wc)
+    inputs = {"head": f"results/{wc.model}/{artefact_path(drafter_key(kind, 'dllm'))}"}
+    if kind == "medusa":
+        inputs["medusa"] = f"results/{wc.model}/config/medusa.decode.json"
+    return inputs
+
+
+def medusa_option(wc, input):
+    return f"--medusa {input.medusa}" if "medusa" in input.keys() else ""
 
 
 def benches(model):

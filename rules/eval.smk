@@ -8,6 +8,7 @@ rule eval_speed:
         speed="results/{model}/config/eval.speed.json",
         decode="results/{model}/config/eagle.decode.json",
         ats="results/{model}/config/predictor.decode.json",
+        medusa="results/{model}/config/medusa.decode.json",
     output:
         directory("results/{model}/eval/{bench}"),
     log:
@@ -30,7 +31,7 @@ rule eval_speed:
         "$SPADEC_PY -m spadec.launch --gpus {resources.gpu} --"
         " {params.script} --model {wildcards.model} --bench {wildcards.bench}"
         " --speed {input.speed} --decode {input.decode} --ats {input.ats}"
-        " {params.models} --data {input.data}"
+        " --medusa {input.medusa} {params.models} --data {input.data}"
         " --out {output} > {log} 2>&1"
 
 

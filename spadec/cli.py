@@ -7,6 +7,8 @@ spadec generate --method M --results results/tiny --prompt "..."   decode one pr
                                                           tokens/s, tau, acceptance histogram
 spadec compare RESULTS_A RESULTS_B                       two runs' tables side by side,
                                                           their settings diffed
+spadec import-medusa SRC --out DIR                       published Medusa heads (.pt read
+                                                          with weights_only, or .safetensors)
 spadec launch --gpus N -- script.py ARGS                 = python -m spadec.launch
 """
 
@@ -28,7 +30,13 @@ from spadec.decoding.catalog import (
     model_keys,
 )
 from spadec.decoding.context import PromptTooLongError
-from spadec.decoding.defaults import DEFAULT_DEPTH, DEFAULT_TOP_K, DEFAULT_TOTAL_TOKENS
+from spadec.decoding.defaults import (
+    DEFAULT_DEPTH,
+    DEFAULT_TOP_K,
+    DEFAULT_TOTAL_TOKENS,
+    MEDUSA_DECODE_DEFAULTS,
+)
+from spadec.decoding.medusa_trees import TREES
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_TOKENS = 16  # enough for every kernel of a decoding step to have run once
@@ -93,7 +101,13 @@ def cmd_generate(args) -> int:
     results = Path(args.results) if args.results else None
     paths = {k: str(v) for k, v in results_paths(results).items()} if results else {}
     paths.update({k: getattr(args, k) for k in model_keys() if getattr(args, k)})
-    models = Models.load([args.method], paths, args.dtype, ats_mode=args.ats_mode)
+    medusa_cfg = results / "config" / "medusa.decode.json" if results else None
+    medusa = read_json(medusa_cfg) if medusa_cfg and medusa_cfg.is_file() else {}
+    if args.medusa_tree:
+        medusa["tree"] = args.medusa_tree
+    models = Models.load(
+        [args.method], paths, args.dtype, ats_mode=args.ats_mode, medusa_decode=medusa
+    )
     tok = models.tokenizer
     ids = torch.tensor([prompt_ids(tok, args.prompt)], device=models.device)
     stage_cfg = results / "config" / "eagle.decode.json" if results else None
@@ -162,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from spadec.launch import main as launch_main
 
         return launch_main(argv[1:])
+    if argv[:1] == ["import-medusa"]:
+        from spadec.medusa.importer import main as import_medusa_main
+
+        return import_medusa_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="spadec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -226,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"children per node (default: as above, else {DEFAULT_TOP_K})",
     )
     p.add_argument(
+        "--medusa-tree",
+        choices=list(TREES),
+        help="a Medusa method's tree (default: <results>/config/medusa.decode.json, else "
+        f"{MEDUSA_DECODE_DEFAULTS['tree']})",
+    )
+    p.add_argument(
         "--warmup",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -238,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results_b")
     p.set_defaults(func=cmd_compare)
     sub.add_parser("launch", help="start a stage script (see python -m spadec.launch -h)")
+    sub.add_parser("import-medusa", help="import published Medusa heads (SRC --out DIR)")
     args = parser.parse_args(argv)
     setup_logging()
     # Bad input (a config, an artefact, a prompt) ends in one line naming it, exit 2;

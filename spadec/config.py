@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
+from spadec.decoding.medusa_trees import named_tree
 from spadec.share_targets import check_layer_profile, dynamic_layer_rate
 
-STAGES = ("data", "base", "dllm", "eagle", "predictor", "eval")
+STAGES = ("data", "base", "dllm", "eagle", "medusa", "predictor", "eval")
 # Stages whose rules each read only some keys get one settings file per part
 # ("eagle.train" -> results/{model}/config/eagle.train.json), so a changed knob reruns
 # only the rules that read it. Keys listed under RESOURCE_KEYS size jobs (Snakemake
@@ -51,6 +52,27 @@ STAGE_PARTS = {
         ),
         "decode": ("dtype", "total_tokens", "depth", "top_k"),
     },
+    "medusa": {
+        "train": (
+            "num_heads",
+            "num_blocks",
+            "own_projection",
+            "lr",
+            "micro_batch",
+            "grad_accum",
+            "grad_clip",
+            "epochs",
+            "max_len",
+            "heldout_fraction",
+            "train_precision",
+            "warmup_steps",
+            "weight_decay",
+            "decay",
+            "checkpoint_every",
+            "log_every",
+        ),
+        "decode": ("tree", "acceptance", "typical_threshold", "typical_alpha"),
+    },
     "predictor": {
         "data": ("layer_k", "shards", "prompts", "max_new_tokens"),
         "train": ("layer_k", "heldout_fraction", "lr", "weight_decay", "epochs", "draft_features"),
@@ -69,7 +91,12 @@ STAGE_PARTS = {
         "tables": ("response_examples",),
     },
 }
-RESOURCE_KEYS = {"eagle": ("gpus", "train_gpus"), "predictor": ("gpus",), "eval": ("gpus",)}
+RESOURCE_KEYS = {
+    "eagle": ("gpus", "train_gpus"),
+    "medusa": ("train_gpus",),
+    "predictor": ("gpus",),
+    "eval": ("gpus",),
+}
 # The D-LLM behind the paper's D-LLM and Eagle2+D-LLM bars ("dllm_baseline") is the dllm
 # stage with the baseline router input (upstream D-LLM's plain routers by default; the
 # dllm stage itself is SpaDec's target, with the multi-token robust router). Each D-LLM's
@@ -315,7 +342,8 @@ def base_depth(config: dict, model: str, schema: dict | None = None) -> tuple[in
 
 def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> None:
     """Settings valid one by one but not together, caught at start-up rather than hours
-    into a run: the draft tree's width against its size, and the layer indices against
+    into a run: the draft tree's width against its size, the Medusa tree's depth against
+    the heads, and the layer indices against
     the base model's depth (when the config tells it), and a D-LLM's rate profile against
     its dynamic layers. Per-model overrides apply."""
     eagle = resolve_stage(config, model, "eagle", schema)
@@ -323,6 +351,14 @@ def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> 
         raise ConfigError(
             f"config keys 'eagle.top_k' and 'eagle.total_tokens' (model {model}): top_k "
             f"{eagle['top_k']} exceeds the tree size {eagle['total_tokens']}"
+        )
+    medusa = resolve_stage(config, model, "medusa", schema)
+    tree_depth = max(len(choice) for choice in named_tree(medusa["tree"]))
+    if tree_depth > medusa["num_heads"]:
+        raise ConfigError(
+            f"config keys 'medusa.tree' and 'medusa.num_heads' (model {model}): tree "
+            f"{medusa['tree']!r} is {tree_depth} deep, one head per level, but there are "
+            f"{medusa['num_heads']} heads"
         )
     dllm = resolve_stage(config, model, "dllm", schema)
     if dllm["layer_rate_profile"] is not None and dllm["share_constraint"] != "layer":

@@ -129,6 +129,18 @@ SMOKE_SCALE = {
         "checkpoint_every": 2,
         "log_every": 2,
     },
+    "medusa": {
+        "train_gpus": 0,
+        "train_precision": "fp32",
+        "lr": 1.0e-2,  # micro's, for the eagle lr's reason
+        "micro_batch": 4,
+        "grad_accum": 1,
+        "epochs": 5,
+        "warmup_steps": 2,
+        "max_len": 128,
+        "checkpoint_every": 2,
+        "log_every": 2,
+    },
     "predictor": {"gpus": 0, "shards": 1, "prompts": 8, "max_new_tokens": 8, "epochs": 20},
     "eval": {"gpus": 0, "max_new_tokens": 8, "warmup_prompts": 1, "response_examples": 2},
 }

@@ -20,6 +20,7 @@ parser.add_argument("--bench", required=True, help="benchmark name (data/eval_<b
 parser.add_argument("--speed", required=True, help="resolved eval.speed settings (JSON)")
 parser.add_argument("--decode", required=True, help="resolved eagle.decode settings (JSON)")
 parser.add_argument("--ats", required=True, help="resolved predictor.decode settings (JSON)")
+parser.add_argument("--medusa", help="resolved medusa.decode settings (JSON; default: schema's)")
 for key in model_keys():
     parser.add_argument(
         artefact_option(key), dest=key, metavar="DIR", help=artefact_help(key, default=False)
@@ -30,9 +31,11 @@ args = parser.parse_args()
 
 setup_logging()
 speed, decode, ats = read_json(args.speed), read_json(args.decode), read_json(args.ats)
-run_info = RunInfo("eval_speed", {"speed": speed, "decode": decode, "ats": ats})
+medusa = read_json(args.medusa) if args.medusa else None
+settings = {"speed": speed, "decode": decode, "ats": ats}
+run_info = RunInfo("eval_speed", {**settings, "medusa": medusa} if medusa else settings)
 paths = {key: getattr(args, key) for key in (*model_keys(), DATA) if getattr(args, key)}
-metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths)
+metrics, records = evaluate_bench(args.model, args.bench, speed, decode, ats, paths, medusa=medusa)
 with atomic_dir(args.out) as tmp:
     write_json(tmp / "metrics.json", metrics)
     write_jsonl(tmp / "records.jsonl", records)

@@ -21,7 +21,8 @@ transformers' `generate` and its prompt-lookup decoding on the dense target,
 `spadec.decoding.peers`), timed in the same run as reference rows.
 
 Artefacts: what a method loads, by key — a target's name, `<drafter key>_<target>` (e.g.
-`head_dllm`: the EAGLE head trained on the dllm target), `predictor` — and, with `data`,
+`head_dllm`: the EAGLE head trained on the dllm target), a predictor per drafter kind (`predictor`: EAGLE trees,
+`predictor_medusa`: Medusa trees) — and, with `data`,
 where each lies in a model's results folder (`artefact_path`): the one list the eval
 stage, its rule, `results_paths` and the CLI take them from.
 """
@@ -48,10 +49,18 @@ class Drafter:
     description: str
     key: str | None = None  # artefact key prefix (`<key>_<target>`); None: nothing trained
     path: str | None = None  # results-relative folder of that artefact, `{target}` filled in
+    # artefact key of the acceptance predictor trained on this drafter's trees (SpaDec's
+    # verify step on SpaDec's D-LLM); its folder is `<key>/model`
+    predictor: str | None = None
 
 
 DRAFTERS = {
-    "eagle": Drafter("EAGLE head", "head", "eagle/{target}/head"),  # trained on its target
+    # trained on its target
+    "eagle": Drafter("EAGLE head", "head", "eagle/{target}/head", "predictor"),
+    # Medusa heads on the target's final-norm features, a static sparse tree (medusa.tree);
+    # its own predictor: one trained on EAGLE trees scores Medusa's worse (held-out AUC
+    # 0.855 vs 0.916 on the tiny default, benchmarks/medusa_predictor_auc.py)
+    "medusa": Drafter("Medusa heads", "medusa", "medusa/{target}/heads", "predictor_medusa"),
     # transformers' prompt lookup (a peer): n-grams of the prompt, nothing trained
     "prompt_lookup": Drafter("n-grams of the prompt"),
 }
@@ -105,6 +114,18 @@ METHODS = {
     ),
     "dllm": Method("dllm_baseline", "D-LLM", "tab:orange"),
     "dllm_robust": Method("dllm", "D-LLM (robust router)", "tab:brown"),
+    # the paper's Medusa half: Medusa, Medusa+D-LLM, SpaDec w. Medusa
+    "medusa": Method("dense", "Medusa", "gold", "medusa", "all"),
+    "medusa_dllm": Method("dllm_baseline", "Medusa+D-LLM", "darkgoldenrod", "medusa", "all"),
+    "spadec_medusa": Method(
+        "dllm", "SpaDec w. Medusa", "yellowgreen", "medusa", "spadec", lossless=None
+    ),
+    "spadec_medusa_prune": Method(
+        "dllm", "SpaDec w. Medusa (prune)", "olivedrab", "medusa", "spadec", "prune", lossless=True
+    ),
+    "spadec_medusa_steer": Method(
+        "dllm", "SpaDec w. Medusa (steer)", "teal", "medusa", "spadec", "steer", lossless=False
+    ),
     "eagle2": Method("dense", "Eagle2", "tab:blue", "eagle", "all"),
     "eagle2_dllm": Method("dllm_baseline", "Eagle2+D-LLM", "tab:red", "eagle", "all"),
     # the ablation's cell "robust router, every tree token votes": SpaDec's target and head
@@ -318,15 +339,25 @@ def separate_baseline(paths: dict) -> bool:
 
 # --- artefacts -------------------------------------------------------------------------
 
-PREDICTOR, DATA = "predictor", "data"
+PREDICTOR, DATA = "predictor", "data"  # the EAGLE trees' predictor; the model's data
 # results-relative folders of the targets and of the other artefacts
 _PATHS = {
     "dense": "base",
     "dllm": "dllm/hf",
     "dllm_baseline": "dllm_baseline/hf",
-    PREDICTOR: "predictor/model",
     DATA: "data",
 }
+
+
+def predictor_keys() -> list[str]:
+    """The acceptance predictors a run can train, one per drafter kind with trees."""
+    return list(dict.fromkeys(d.predictor for d in DRAFTERS.values() if d.predictor))
+
+
+def predictor_key(method: str) -> str | None:
+    """The predictor `method`'s verify step runs (None: it runs none)."""
+    m = method_info(method)
+    return DRAFTERS[m.drafter].predictor if m.needs_predictor else None
 
 
 def drafter_key(drafter: str, target: str) -> str | None:
@@ -341,7 +372,7 @@ def model_keys(separate_baseline: bool = True) -> list[str]:
     baseline D-LLM)."""
     targets = [t for t in TARGETS if resolve_target(t, separate_baseline) == t]
     drafters = [key for d in DRAFTERS for t in targets if (key := drafter_key(d, t)) is not None]
-    return [*targets, *drafters, PREDICTOR]
+    return [*targets, *drafters, *predictor_keys()]
 
 
 def needs(methods: list[str], separate_baseline: bool) -> list[str]:
@@ -355,7 +386,7 @@ def needs(methods: list[str], separate_baseline: bool) -> list[str]:
         if m.drafter is not None and (key := drafter_key(m.drafter, target)):
             keys.add(key)
         if m.needs_predictor:
-            keys.add(PREDICTOR)
+            keys.add(predictor_key(name))
     return [k for k in model_keys(separate_baseline) if k in keys]
 
 
@@ -380,6 +411,8 @@ def artefact_path(key: str) -> str:
     """Where artefact `key` lies in a model's results folder (results/{model}/<this>)."""
     if key in _PATHS:
         return _PATHS[key]
+    if key in predictor_keys():
+        return f"{key}/model"
     found = _drafter_of(key)
     if found is None:
         raise ValueError(f"unknown artefact {key!r} (known: {', '.join(model_keys())}, data)")
@@ -405,8 +438,9 @@ def artefact_help(key: str, default: bool = True) -> str:
         users = ", ".join(n for n, m in METHODS.items() if m.target == "dllm_baseline")
         what = f"baseline D-LLM of {users}"
         where = " where the run trained one, else SpaDec's D-LLM"
-    elif key == PREDICTOR:
-        what = "acceptance predictor"
+    elif key in predictor_keys():
+        trees = [d.description for d in DRAFTERS.values() if d.predictor == key]
+        what = f"acceptance predictor of {' / '.join(trees)} trees"
     else:
         drafter, target = _drafter_of(key) or (None, None)
         if drafter is None:

@@ -5,3 +5,12 @@ Torch-free, so that `spadec --help` can show it without importing torch.
 """
 
 DEFAULT_TOTAL_TOKENS, DEFAULT_DEPTH, DEFAULT_TOP_K = 60, 5, 10
+
+# medusa.decode's defaults for callers without a config (`spadec generate` on a results
+# folder without settings files, tests): the CPU tree and the lossless rule
+MEDUSA_DECODE_DEFAULTS = {
+    "tree": "small_16",
+    "acceptance": "lossless",
+    "typical_threshold": 0.09,
+    "typical_alpha": 0.3,
+}

@@ -4,6 +4,11 @@ The training flow: the run plan, the engine, the loop and held-out evaluation, p
 target tensors and the data split/order. The loss lives in spadec.eagle.losses, the
 DeepSpeed config, process group and checkpoints in spadec.eagle.ds_runtime.
 
+The parts that do not depend on the head (the shards and target, the plan, the engine,
+the step loop with its seeding, logging and checkpoints, the fp32 weights and the run
+hash) are public: the Medusa heads (spadec.medusa.train) train through them on the same
+shards, so both trainers batch, seed, checkpoint and resume the same way.
+
 Train samples get uniform noise U(-a/2, a/2) on their input features, a =
 `noise_amplitude` (no length-dependent scale). The held-out split is a seeded shuffle of
 all samples. Batches are built here, not by DeepSpeed: epoch e visits the train samples
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +148,24 @@ def _batch(reader: ShardReader, indices: list[int], max_len: int, device) -> dic
     return {k: v.to(device) for k, v in collate_pairs(pairs).items()}
 
 
+def open_data(shard_dirs: list, target_dir: str | Path):
+    """(reader, target config, embedding, LM head) of a head's training data and target.
+
+    The shards must exist and hold features of the target's hidden size."""
+    shard_dirs = [Path(d) for d in shard_dirs]
+    missing = [str(d) for d in shard_dirs if not d.is_dir()]
+    if missing:
+        raise EagleTrainError(f"EAGLE data shard(s) not found: {', '.join(missing)}")
+    reader = ShardReader(shard_dirs)
+    config, embed, lm_head = target_tensors(target_dir)
+    if reader.hidden_size != config.hidden_size:
+        raise EagleTrainError(
+            f"the shards hold {reader.hidden_size}-dim features but {target_dir} has hidden "
+            f"size {config.hidden_size} (data of another target?)"
+        )
+    return reader, config, embed, lm_head
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -149,16 +173,23 @@ def _check_settings(settings: dict) -> None:
     missing = [k for k in (*TRAIN_KEYS, *CADENCE_KEYS) if k not in settings]
     if missing:
         raise EagleTrainError(f"eagle settings lack {', '.join(missing)}")
+    check_precision(settings)
+
+
+def check_precision(settings: dict) -> None:
     if settings["train_precision"] not in PRECISIONS:
         raise EagleTrainError(
             f"train_precision '{settings['train_precision']}' is not one of {', '.join(PRECISIONS)}"
         )
 
 
-def run_hash(settings: dict, ds_config: dict, shard_dirs: list[Path], target_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: the training settings, the filled
-    DeepSpeed config, the shards and the target. Files count by name, size and mtime: a
-    regenerated shard or retrained target has the same manifest or config but new files."""
+def data_hash(
+    settings: dict, keys, ds_config: dict, shard_dirs: list[Path], target_dir: Path
+) -> str:
+    """What a checkpoint must match to be resumed: the training settings named by `keys`,
+    the filled DeepSpeed config, the shards and the target. Files count by name, size and
+    mtime: a regenerated shard or retrained target has the same manifest or config but
+    new files."""
 
     def stamp(path: Path) -> list:
         stat = path.stat()
@@ -166,7 +197,7 @@ def run_hash(settings: dict, ds_config: dict, shard_dirs: list[Path], target_dir
 
     return config_hash(
         {
-            "settings": {k: settings[k] for k in TRAIN_KEYS},
+            "settings": {k: settings[k] for k in keys},
             "deepspeed": ds_config,
             "data": [
                 [read_json(Path(d) / MANIFEST), stamp(Path(d) / SHARD_FILE)] for d in shard_dirs
@@ -177,8 +208,13 @@ def run_hash(settings: dict, ds_config: dict, shard_dirs: list[Path], target_dir
     )
 
 
-def _fp32_state(engine, embed: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The head's weights in fp32 (trainable ones from the optimizer's master copy).
+def run_hash(settings: dict, ds_config: dict, shard_dirs: list[Path], target_dir: Path) -> str:
+    """The EAGLE head's checkpoint hash (data_hash over its TRAIN_KEYS)."""
+    return data_hash(settings, TRAIN_KEYS, ds_config, shard_dirs, target_dir)
+
+
+def fp32_state(engine) -> dict[str, torch.Tensor]:
+    """The module's trainable weights in fp32, from the optimizer's master copy.
 
     A collective under ZeRO-2 (each rank holds a slice of the master weights): every
     rank must call it, in the same order.
@@ -190,6 +226,12 @@ def _fp32_state(engine, embed: torch.Tensor) -> dict[str, torch.Tensor]:
         if param.requires_grad:
             full = safe_get_full_fp32_param(param)
             state[name] = (full if full is not None else param.detach()).float().cpu().clone()
+    return state
+
+
+def _fp32_state(engine, embed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The head's weights in fp32 (trainable ones from the optimizer's master copy)."""
+    state = fp32_state(engine)
     state["embed_tokens.weight"] = embed.clone()  # frozen: the target's exact fp32 copy
     return state
 
@@ -233,7 +275,7 @@ def evaluate(head, reader, indices, settings, w_lm, rank, world) -> dict:
 
 
 @dataclass
-class _Plan:
+class Plan:
     """How the samples map onto ranks and optimizer steps."""
 
     rank: int
@@ -250,7 +292,9 @@ class _Plan:
         return self.steps_per_epoch * self.accum
 
 
-def _plan(settings: dict, samples: int) -> _Plan:
+def plan_run(settings: dict, samples: int) -> Plan:
+    """The plan of a run over `samples` samples, from the settings' split, batch and epoch
+    keys (heldout_fraction, seed, micro_batch, grad_accum, epochs, warmup_steps)."""
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     train, heldout = split_samples(samples, settings["heldout_fraction"], settings["seed"])
     accum = settings["grad_accum"]
@@ -264,7 +308,7 @@ def _plan(settings: dict, samples: int) -> _Plan:
             total,
             settings["warmup_steps"],
         )
-    return _Plan(rank, world, train, heldout, accum, steps_per_epoch, total, warmup)
+    return Plan(rank, world, train, heldout, accum, steps_per_epoch, total, warmup)
 
 
 def train_head(
@@ -279,21 +323,12 @@ def train_head(
     _check_settings(settings)
     run_info = RunInfo("train_eagle", settings)
     shard_dirs = [Path(d) for d in shard_dirs]
-    missing = [str(d) for d in shard_dirs if not d.is_dir()]
-    if missing:
-        raise EagleTrainError(f"EAGLE data shard(s) not found: {', '.join(missing)}")
-    reader = ShardReader(shard_dirs)
-    config, embed, lm_head = target_tensors(target_dir)
-    if reader.hidden_size != config.hidden_size:
-        raise EagleTrainError(
-            f"the shards hold {reader.hidden_size}-dim features but {target_dir} has hidden "
-            f"size {config.hidden_size} (data of another target?)"
-        )
+    reader, config, embed, lm_head = open_data(shard_dirs, target_dir)
     template = read_json(ds_config_path)
     with distributed():
-        plan = _plan(settings, len(reader))
+        plan = plan_run(settings, len(reader))
         ds_config = deepspeed_config(template, settings, plan.total, plan.warmup)
-        engine, head = _engine(settings, config, embed, ds_config)
+        engine, head = make_engine(settings, ds_config, lambda: init_head(config, embed))
         w_lm = lm_head.to(engine.device)  # frozen, fp32, outside DeepSpeed: it only scores
         settings_hash = run_hash(settings, ds_config, shard_dirs, Path(target_dir))
         start, history = resume(
@@ -310,11 +345,23 @@ def train_head(
                 plan.world,
                 settings["micro_batch"] * plan.accum * plan.world,
                 settings["train_precision"],
-                _trainable(head),
+                trainable_count(head),
             )
         t0 = time.perf_counter()
-        history = _loop(
-            engine, reader, settings, plan, w_lm, start, history, Path(ckpt_dir), settings_hash
+        history = train_steps(
+            engine,
+            plan,
+            settings,
+            _eagle_micro_step(engine, reader, settings, w_lm),
+            ("loss", "vloss", "ploss"),
+            start=start,
+            history=history,
+            ckpt_dir=Path(ckpt_dir),
+            settings_hash=settings_hash,
+            desc="train_eagle",
+            describe=lambda e: (
+                f"loss {e['loss']:.4f} (value {e['vloss']:.4f}, prob {e['ploss']:.4f})"
+            ),
         )
         train_wall = time.perf_counter() - t0
         final = EagleHead(head.config)
@@ -334,7 +381,7 @@ def train_head(
         "world_size": plan.world,
         "global_batch": settings["micro_batch"] * plan.accum * plan.world,
         "train_precision": settings["train_precision"],
-        "trainable_parameters": _trainable(head),
+        "trainable_parameters": trainable_count(head),
         "train_wall_s": round(train_wall, 1),
         "heldout": held,
         "heldout_top1": held["top1"],
@@ -352,11 +399,13 @@ def train_head(
     return metrics
 
 
-def _trainable(head) -> int:
-    return sum(p.numel() for p in head.parameters() if p.requires_grad)
+def trainable_count(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def _engine(settings: dict, config, embed: torch.Tensor, ds_config: dict):
+def make_engine(settings: dict, ds_config: dict, build: Callable[[], torch.nn.Module]):
+    """(DeepSpeed engine, module): `build()` under the run's seed, a torch AdamW over its
+    trainable parameters (no JIT-built fused optimizer), ZeRO as `ds_config` says."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -368,29 +417,69 @@ def _engine(settings: dict, config, embed: torch.Tensor, ds_config: dict):
             f"train_precision '{precision}' is not supported by the {accel.device_name()} accelerator"
         )
     torch.manual_seed(settings["seed"])  # initial weights (DeepSpeed broadcasts rank 0's)
-    head = init_head(config, embed)
-    trainable = [p for p in head.parameters() if p.requires_grad]
+    module = build()
+    trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=settings["lr"], betas=ADAMW_BETAS, weight_decay=settings["weight_decay"]
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=head, model_parameters=trainable, optimizer=optimizer, config=ds_config
+        model=module, model_parameters=trainable, optimizer=optimizer, config=ds_config
     )
-    return engine, head
+    return engine, module
 
 
-def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settings_hash) -> list:
-    seed, device = settings["seed"], engine.device
+def _eagle_micro_step(engine, reader, settings, w_lm):
+    """One EAGLE micro-step's (loss, vloss, ploss) on the samples `idx`."""
+    device = engine.device
     dtype = engine.module.fc.weight.dtype
     amplitude = settings["noise_amplitude"]
+
+    def micro_step(idx: list[int]) -> tuple[torch.Tensor, ...]:
+        batch = _batch(reader, idx, settings["max_len"], device)
+        feats = batch["features"]
+        if amplitude > 0:
+            noise = (torch.rand(feats.shape, device=device) - 0.5) * amplitude
+            feats = feats + noise * batch["attention_mask"][..., None]
+        pred = engine(feats.to(dtype), batch["input_ids"], batch["attention_mask"])
+        sums = head_losses(pred, batch["target"], batch["loss_mask"], w_lm)
+        return combined_loss(sums, settings)
+
+    return micro_step
+
+
+def train_steps(
+    engine,
+    plan: Plan,
+    settings: dict,
+    micro_step: Callable[[list[int]], tuple[torch.Tensor, ...]],
+    names: tuple[str, ...],
+    *,
+    start: int,
+    history: list,
+    ckpt_dir: Path,
+    settings_hash: str,
+    desc: str,
+    describe: Callable[[dict], str],
+    logger: logging.Logger = log,
+) -> list:
+    """Optimizer steps `start`..`plan.total` of a run; returns the history (log entries).
+
+    `micro_step(indices)` runs the module on those samples and returns the loss to
+    backpropagate first, then any further terms; all of them are logged under `names`,
+    averaged over the micro-steps since the last log line. Each micro-step's random draws
+    (noise, dropout) are seeded by (seed, micro-step, rank) before it runs, so a resumed
+    run draws what the unbroken run drew. Every `checkpoint_every` steps (not at the
+    last) the engine, step and history are checkpointed under `ckpt_dir`.
+    """
+    seed, device = settings["seed"], engine.device
     engine.train()
-    # loss, vloss, ploss, micro-steps since the last log line
-    window = torch.zeros(4, dtype=torch.float64, device=device)
+    # the logged terms and the micro-steps since the last log line
+    window = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
     one = torch.ones((), device=device)
     order, order_epoch = [], -1
     bar = progress(
         range(start, plan.total),
-        desc="train_eagle",
+        desc=desc,
         initial=start,
         total=plan.total,
         disable=plan.rank != 0,
@@ -402,44 +491,24 @@ def _loop(engine, reader, settings, plan, w_lm, start, history, ckpt_dir, settin
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(plan.train, seed, epoch), epoch
             idx = micro_batch_indices(order, pos, settings["micro_batch"], plan.rank, plan.world)
-            batch = _batch(reader, idx, settings["max_len"], device)
             # Noise (and any dropout) depends on (seed, micro-step, rank) only: a resumed
             # run draws what the unbroken run drew.
             torch.manual_seed(step_seed(seed, k, plan.world, plan.rank))
-            feats = batch["features"]
-            if amplitude > 0:
-                noise = (torch.rand(feats.shape, device=device) - 0.5) * amplitude
-                feats = feats + noise * batch["attention_mask"][..., None]
-            pred = engine(feats.to(dtype), batch["input_ids"], batch["attention_mask"])
-            sums = head_losses(pred, batch["target"], batch["loss_mask"], w_lm)
-            loss, vloss, ploss = combined_loss(sums, settings)
-            engine.backward(loss)
+            terms = micro_step(idx)
+            engine.backward(terms[0])
             engine.step()  # DeepSpeed steps the optimizer on the last micro-step only
             # Summed on the device, read at log time: no host sync per micro-step.
-            window += torch.stack([loss.detach(), vloss.detach(), ploss.detach(), one])
+            window += torch.stack([*(t.detach() for t in terms), one])
         done = step + 1
         if done % settings["log_every"] == 0 or done == plan.total:
-            loss_s, v_s, p_s, n = all_sum(window.tolist(), device)
+            *sums, n = all_sum(window.tolist(), device)
             window.zero_()
-            entry = {
-                "step": done,
-                "lr": engine.get_lr()[0],
-                "loss": round(loss_s / n, 6),
-                "vloss": round(v_s / n, 6),
-                "ploss": round(p_s / n, 6),
-            }
+            entry = {"step": done, "lr": engine.get_lr()[0]}
+            entry.update({name: round(s / n, 6) for name, s in zip(names, sums, strict=True)})
             history.append(entry)
             if plan.rank == 0:
-                bar.set_postfix(loss=entry["loss"])
-                log.info(
-                    "step %d/%d loss %.4f (value %.4f, prob %.4f) lr %.2e",
-                    done,
-                    plan.total,
-                    entry["loss"],
-                    entry["vloss"],
-                    entry["ploss"],
-                    entry["lr"],
-                )
+                bar.set_postfix(loss=entry[names[0]])
+                logger.info("step %d/%d %s lr %.2e", done, plan.total, describe(entry), entry["lr"])
         if done % settings["checkpoint_every"] == 0 and done < plan.total:
             state = {
                 "settings_hash": settings_hash,

@@ -1,5 +1,6 @@
-"""The ablation table: which D-LLM (plain or robust routers) x how the tree is verified
-(every token votes, ATS prune, ATS steer), from the rows of one eval run.
+"""The ablation table: per drafter (EAGLE head, Medusa heads), which D-LLM (plain or robust
+routers) x how the tree is verified (every token votes, ATS prune, ATS steer), from the
+rows of one eval run.
 
 It separates the two savings SpaDec claims over Eagle2+D-LLM: the robust router's (the same
 verification on SpaDec's D-LLM: `eagle2_dllm` -> `eagle2_dllm_robust`) and ATS's (the same
@@ -12,12 +13,13 @@ import math
 
 import pandas as pd
 
-from spadec.decoding.catalog import method_names, verification
+from spadec.decoding.catalog import DRAFTERS, method_info, method_names, verification
 
 ROUTERS = {"dllm_baseline": "baseline (plain routers)", "dllm": "SpaDec's (robust routers)"}
 COLUMNS = {
     "model": "model",
     "bench": "bench",
+    "drafter": "drafter",
     "d_llm": "D-LLM",
     "verification": "verification",
     "method": "method",
@@ -65,6 +67,7 @@ def ablation_table(
             {
                 "model": key[0],
                 "bench": key[1],
+                "drafter": DRAFTERS[method_info(key[2]).drafter].description,
                 "d_llm": ROUTERS.get(target, target),
                 "verification": cell,
                 "method": key[2],
@@ -78,9 +81,10 @@ def ablation_table(
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     cells = [c for m in method_names() if (c := verification(m))]
-    order = {name: i for i, name in enumerate([*ROUTERS.values(), *cells])}
-    key = table[["d_llm", "verification"]].map(lambda v: order.get(v, len(order)))
-    rank = key["d_llm"] * len(order) + key["verification"]
+    drafters = [d.description for d in DRAFTERS.values()]
+    order = {name: i for i, name in enumerate([*drafters, *ROUTERS.values(), *cells])}
+    key = table[["drafter", "d_llm", "verification"]].map(lambda v: order.get(v, len(order)))
+    rank = (key["drafter"] * len(order) + key["d_llm"]) * len(order) + key["verification"]
     return (
         table.assign(_rank=rank)
         .sort_values(["model", "bench", "_rank"], kind="stable")

@@ -74,6 +74,7 @@ def evaluate_bench(
     ats: dict,
     paths: dict,
     max_prompts: int | None = None,
+    medusa: dict | None = None,
 ) -> tuple[dict, list[dict]]:
     """(metrics, per-turn records) of one model on one benchmark.
 
@@ -82,7 +83,7 @@ def evaluate_bench(
     dllm_baseline, head_<target>, predictor) and `data` to directories, at least those
     the methods load (`catalog.needs`); a missing baseline D-LLM, or one equal to dllm's,
     means one D-LLM serves every method. `max_prompts` cuts the benchmark further
-    (benchmarks/ sweeps)."""
+    (benchmarks/ sweeps); `medusa` = medusa.decode (the tree, the acceptance rule)."""
     methods = bench_methods(speed, ats["ats_mode"], separate_baseline(paths))
     models = Models.load(
         methods,
@@ -90,6 +91,7 @@ def evaluate_bench(
         decode["dtype"],
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
+        medusa_decode=medusa,
     )
     questions = load_prompts(paths[DATA], bench)[:max_prompts]
     tok = models.tokenizer

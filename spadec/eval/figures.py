@@ -3,6 +3,7 @@ per-layer load of the D-LLM methods (where SpaDec's saving shows, or does not)."
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -103,12 +104,13 @@ def layer_load_figure(records: pd.DataFrame, path: str | Path) -> None:
         sub = records[records["model"] == model]
         # distinct line styles, markers shrinking in drawing order: identical curves (the
         # same layers skipped) stay visible
-        styles = iter(
-            zip(["-", "--", ":", "-.", "-", "--", ":", "-."], range(9, 1, -1), strict=True)
-        )
-        for method in sorted(dict.fromkeys(sub["method"]), key=rank):
+        methods = [m for m in sorted(dict.fromkeys(sub["method"]), key=rank) if not on_dense(m)]
+        lines = itertools.cycle(["-", "--", ":", "-."])
+        sizes = [max(2.0, 9 - 7 * i / max(1, len(methods) - 1)) for i in range(len(methods))]
+        styles = iter(zip(lines, sizes, strict=False))
+        for method in methods:
             rows = sub[sub["method"] == method]
-            if LAYER_RATE not in rows or rows[LAYER_RATE].isna().all() or on_dense(method):
+            if LAYER_RATE not in rows or rows[LAYER_RATE].isna().all():
                 continue
             per_layer = pd.DataFrame(rows[LAYER_RATE].dropna().tolist()).mean(0)
             style, size = next(styles)

@@ -29,24 +29,29 @@ from pathlib import Path
 import torch
 
 from spadec.decoding import catalog
+from spadec.decoding.accept import accept_lossless, accept_typical
 from spadec.decoding.ats import DEFAULT_ACC_LENGTH
 from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.catalog import (
-    PREDICTOR,
     TARGETS,
     drafter_key,
     method_info,
     needs,
+    predictor_key,
     resolve_target,
     separate_baseline,
 )
 from spadec.decoding.context import check_prompt_fits, context_length
+from spadec.decoding.defaults import MEDUSA_DECODE_DEFAULTS
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode
+from spadec.decoding.medusa import medusa_decode
+from spadec.decoding.medusa_trees import named_tree
 from spadec.decoding.peers import PROMPT_LOOKUP_TOKENS, hf_generate_decode
 from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.verify import verify_all_layers
 from spadec.eagle.head import EagleHead, check_head_fits, load_head
+from spadec.medusa.heads import MedusaHeads, check_heads_fit, load_heads
 from spadec.predictor.model import AcceptancePredictor, check_predictor_fits, load_predictor
 from spadec.runtime.load import load_target
 from spadec.runtime.sampling import DecodeResult
@@ -59,11 +64,14 @@ class Models:
 
     targets: dict[str, torch.nn.Module] = field(default_factory=dict)
     heads: dict[str, EagleHead] = field(default_factory=dict)  # EAGLE heads, by target
-    predictor: AcceptancePredictor | None = None
+    predictors: dict[str, AcceptancePredictor] = field(default_factory=dict)  # by artefact key
     separate_baseline: bool = False
     ats_mode: str = "prune"
     acc_length: int = DEFAULT_ACC_LENGTH
     tokenizer: object = None
+    medusa: dict[str, MedusaHeads] = field(default_factory=dict)  # Medusa heads, by target
+    # medusa.decode settings: the tree, the acceptance rule
+    medusa_decode: dict = field(default_factory=lambda: dict(MEDUSA_DECODE_DEFAULTS))
 
     def resolve(self, target: str) -> str:
         return resolve_target(target, self.separate_baseline)
@@ -91,6 +99,7 @@ class Models:
         device=None,
         ats_mode: str = "prune",
         acc_length: int = DEFAULT_ACC_LENGTH,
+        medusa_decode: dict | None = None,
     ) -> Models:
         """Load what `methods` need (`catalog.needs`). `paths` maps artefact keys (target
         names dense, dllm, dllm_baseline; a drafter's `head_<target>`; `predictor`) to
@@ -101,6 +110,7 @@ class Models:
         models = cls(
             separate_baseline=separate_baseline(paths), ats_mode=ats_mode, acc_length=acc_length
         )
+        models.medusa_decode.update(medusa_decode or {})
         needed = needs(methods, models.separate_baseline)
         missing = [k for k in needed if not paths.get(k)]
         if missing:
@@ -114,17 +124,14 @@ class Models:
                 key = drafter_key(kind, target)
                 if key in needed:
                     drafter.load(models, target, paths[key], paths[target])
-        if PREDICTOR in needed:
-            models.predictor = load_predictor(paths[PREDICTOR], models.device)
-            spadec_target = next(
-                models.target_of(m) for m in methods if method_info(m).needs_predictor
-            )
-            check_predictor_fits(
-                models.predictor,
-                paths[PREDICTOR],
-                models.targets[spadec_target],
-                paths[spadec_target],
-            )
+        for m in methods:
+            key = predictor_key(m)
+            if key is None or key in models.predictors:
+                continue
+            predictor = load_predictor(paths[key], models.device)
+            target = models.target_of(m)
+            check_predictor_fits(predictor, paths[key], models.targets[target], paths[target])
+            models.predictors[key] = predictor
         return models
 
     def check_prompt(
@@ -134,7 +141,7 @@ class Models:
         context; a tree method also needs room for its deepest draft."""
         info = method_info(method)
         ours = DRAFTERS.get(info.drafter) if not info.peer else None
-        tree_room = ours.room(params) if ours else 0
+        tree_room = ours.room(self, params) if ours else 0
         context = context_length(self.target(info.target))
         check_prompt_fits(prompt_tokens, max_new_tokens, context, tree_room)
 
@@ -147,7 +154,8 @@ class DrafterKind:
     load: Callable[[Models, str, str | Path, str | Path], None]
     # (models, target name, target, input_ids, params, *loop arguments) -> DecodeResult
     decode: Callable[..., DecodeResult]
-    room: Callable[[TreeParams], int]  # draft positions beyond the generated tokens
+    # (models, EAGLE tree params) -> draft positions beyond the generated tokens
+    room: Callable[[Models, TreeParams], int]
 
 
 def _load_eagle(models: Models, target: str, path, target_path) -> None:
@@ -161,12 +169,44 @@ def _decode_eagle(models: Models, target: str, model, input_ids, params, *args, 
     return eagle2_decode(model, models.head(target), input_ids, params, *args, **kwargs)
 
 
+def _load_medusa(models: Models, target: str, path, target_path) -> None:
+    model = models.targets[target]
+    heads = load_heads(path, model.dtype, next(model.parameters()).device)
+    check_heads_fit(heads, path, model, target_path)
+    models.medusa[target] = heads
+
+
+def _medusa_acceptance(settings: dict):
+    if settings["acceptance"] == "typical":
+        return accept_typical(settings["typical_threshold"], settings["typical_alpha"])
+    return accept_lossless
+
+
+def _decode_medusa(models: Models, target: str, model, input_ids, params, *args, **kwargs):
+    settings = models.medusa_decode
+    heads = models.medusa[models.resolve(target)]
+    acceptance = _medusa_acceptance(settings)
+    tree = named_tree(settings["tree"])
+    result = medusa_decode(model, heads, input_ids, tree, *args, acceptance=acceptance, **kwargs)
+    result.extra.update(medusa_tree=settings["tree"], acceptance=settings["acceptance"])
+    return result
+
+
+def _medusa_room(models: Models, params: TreeParams) -> int:
+    return max(len(choice) for choice in named_tree(models.medusa_decode["tree"]))
+
+
 # our drafter kinds (a peer's drafting is its own: PEER_DRAFT)
-DRAFTERS = {"eagle": DrafterKind(_load_eagle, _decode_eagle, lambda params: params.depth)}
-# verify kind -> (models, ATS mode) -> the verify step
+DRAFTERS = {
+    "eagle": DrafterKind(_load_eagle, _decode_eagle, lambda models, params: params.depth),
+    "medusa": DrafterKind(_load_medusa, _decode_medusa, _medusa_room),
+}
+# verify kind -> (models, method, ATS mode) -> the verify step
 VERIFY_STEPS: dict[str, Callable] = {
-    "all": lambda models, mode: verify_all_layers,
-    "spadec": lambda models, mode: spadec_verify_step(models.predictor, mode, models.acc_length),
+    "all": lambda models, method, mode: verify_all_layers,
+    "spadec": lambda models, method, mode: spadec_verify_step(
+        models.predictors[predictor_key(method)], mode, models.acc_length
+    ),
 }
 # a peer's drafter kind -> transformers' prompt_lookup_num_tokens (None: plain generate)
 PEER_DRAFT = {None: None, "prompt_lookup": PROMPT_LOOKUP_TOKENS}
@@ -210,7 +250,7 @@ def run_method(
         eos_token_id,
         temperature,
         generator,
-        verify_step=VERIFY_STEPS[info.verify](models, mode),
+        verify_step=VERIFY_STEPS[info.verify](models, method, mode),
         step_timing=step_timing,
         sync_timing=sync_timing,
     )

@@ -1,7 +1,8 @@
 """Predictor training data: every verified draft-tree node's layer-K hidden state and
 whether it ended on the accepted path.
 
-EAGLE-2 runs on the D-LLM target with its head over training prompts (never the eval
+A speculative decoder (EAGLE-2 with its head, or Medusa with its heads: one predictor per
+drafter kind) runs on the D-LLM target over training prompts (never the eval
 prompts), greedy, all tokens voting (the plain Eagle2+D-LLM verification). The root of
 each tree is left out: it is the target's own token, always "accepted". One shard =
 `data.safetensors` (`features` [N, d] float16, `labels` uint8 [N], `depth` int32 [N],
@@ -12,6 +13,7 @@ each tree is left out: it is the target's own token, always "accepted". One shar
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +43,26 @@ def collect_nodes(
     max_new_tokens: int,
     eos_token_id: int | None,
 ) -> dict[str, torch.Tensor]:
+    """`collect_tree_nodes` of EAGLE-2 trees drafted by `head`."""
+
+    def decode(input_ids, *args, **kwargs):
+        return eagle2_decode(target, head, input_ids, params, *args, **kwargs)
+
+    return collect_tree_nodes(decode, target, prompts, layer_k, max_new_tokens, eos_token_id)
+
+
+def collect_tree_nodes(
+    decode: Callable,
+    target,
+    prompts: list[list[int]],
+    layer_k: int,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+) -> dict[str, torch.Tensor]:
+    """Every drafted node of every verification step of decoding `prompts` with `decode`
+    (a speculative decoder of `target`: `decode(input_ids, max_new_tokens, eos_token_id,
+    verify_step=, on_step=)`, e.g. EAGLE-2's or Medusa's): its layer-K hidden state, whether
+    it ended on the accepted path, its depth and draft features."""
     device = next(target.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("features", "labels", "depth", "sample", "step", "draft")
@@ -54,11 +76,8 @@ def collect_nodes(
             labels = path_labels(compiled.tokens.numel(), acc.path)
             steps.append((compiled.depth, labels, extra))
 
-        eagle2_decode(
-            target,
-            head,
+        decode(
             torch.tensor([prompt], device=device),
-            params,
             max_new_tokens,
             eos_token_id,
             verify_step=recording_verify_step(layer_k, hidden),

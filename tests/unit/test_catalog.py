@@ -66,8 +66,8 @@ def test_a_missing_reference_is_added_once():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown method 'medusa'.*spadec_eagle2"):
-        method_info("medusa")
+    with pytest.raises(ValueError, match="unknown method 'hydra'.*spadec_eagle2"):
+        method_info("hydra")
 
 
 def test_separate_baseline_from_paths():
@@ -86,7 +86,7 @@ def test_every_method_has_its_own_label_and_colour():
     colours = [to_rgba(colour(m)) for m in METHOD_ORDER]  # a valid matplotlib colour each
     assert len(set(labels)) == len(labels)
     assert len(set(colours)) == len(colours)
-    assert label("medusa") == "medusa" and colour("medusa") is None
+    assert label("hydra") == "hydra" and colour("hydra") is None
 
 
 # --- the declarations are consistent ---------------------------------------------------
@@ -133,6 +133,9 @@ def test_the_ablation_cells_follow_from_the_verify_steps():
         "eagle2_dllm_robust": "all tokens vote",
         "spadec_eagle2_prune": "ATS prune",
         "spadec_eagle2_steer": "ATS steer",
+        "medusa_dllm": "all tokens vote",
+        "spadec_medusa_prune": "ATS prune",
+        "spadec_medusa_steer": "ATS steer",
     }
     assert catalog.verification("spadec_eagle2", "steer") == "ATS steer"
     assert catalog.verification("spadec_eagle2") is None  # its mode is the run's
@@ -204,7 +207,10 @@ def test_the_artefacts_lie_where_the_stages_write_them(tmp_path):
         "dllm": res / "dllm" / "hf",
         "head_dense": res / "eagle" / "dense" / "head",
         "head_dllm": res / "eagle" / "dllm" / "head",
+        "medusa_dense": res / "medusa" / "dense" / "heads",
+        "medusa_dllm": res / "medusa" / "dllm" / "heads",
         "predictor": res / "predictor" / "model",
+        "predictor_medusa": res / "predictor_medusa" / "model",
         "data": res / "data",
     }
     assert results_paths(res) == expected
@@ -213,6 +219,7 @@ def test_the_artefacts_lie_where_the_stages_write_them(tmp_path):
         **expected,
         "dllm_baseline": res / "dllm_baseline" / "hf",
         "head_dllm_baseline": res / "eagle" / "dllm_baseline" / "head",
+        "medusa_dllm_baseline": res / "medusa" / "dllm_baseline" / "heads",
     }
     with pytest.raises(ValueError, match="unknown artefact 'head_nope'"):
         artefact_path("head_nope")
@@ -220,9 +227,21 @@ def test_the_artefacts_lie_where_the_stages_write_them(tmp_path):
 
 def test_what_methods_need():
     every = ["ar", "dllm", "eagle2", "eagle2_dllm", "eagle2_dllm_robust", "spadec_eagle2"]
+    every += ["medusa", "medusa_dllm", "spadec_medusa"]
     assert needs(every, True) == model_keys(True)
     assert needs(every, False) == model_keys(False)
-    assert model_keys(False) == ["dense", "dllm", "head_dense", "head_dllm", "predictor"]
+    assert model_keys(False) == [
+        "dense",
+        "dllm",
+        "head_dense",
+        "head_dllm",
+        "medusa_dense",
+        "medusa_dllm",
+        "predictor",
+        "predictor_medusa",
+    ]
+    # each drafter kind's trees have their own predictor
+    assert needs(["spadec_medusa"], False) == ["dllm", "medusa_dllm", "predictor_medusa"]
     assert needs(["ar", "hf_generate", "hf_prompt_lookup"], True) == ["dense"]
     assert needs(["eagle2_dllm"], False) == ["dllm", "head_dllm"]
     assert needs(["spadec_eagle2_steer"], True) == ["dllm", "head_dllm", "predictor"]
@@ -236,11 +255,11 @@ def test_what_methods_need():
 
 @pytest.fixture
 def medusa(monkeypatch):
-    """A Medusa-like method added the way the next one will be: a drafter kind and an entry."""
-    monkeypatch.setitem(DRAFTERS, "medusa", Drafter("Medusa heads", "medusa", "medusa/{target}"))
-    entry = Method("dllm", "Medusa+D-LLM", "tab:gray", "medusa", "all")
-    monkeypatch.setitem(METHODS, "medusa_dllm", entry)
-    return "medusa_dllm"
+    """A new method added the way Medusa's were: a drafter kind and an entry."""
+    monkeypatch.setitem(DRAFTERS, "hydra", Drafter("Hydra heads", "hydra", "hydra/{target}"))
+    entry = Method("dllm", "Hydra+D-LLM", "tab:gray", "hydra", "all")
+    monkeypatch.setitem(METHODS, "hydra_dllm", entry)
+    return "hydra_dllm"
 
 
 def test_a_new_entry_reaches_the_schema_list_the_cli_the_artefacts_and_the_tables(
@@ -250,12 +269,12 @@ def test_a_new_entry_reaches_the_schema_list_the_cli_the_artefacts_and_the_table
     from spadec.eval.tables import _order
 
     assert medusa in configurable_methods() and method_names()[-1] == medusa
-    assert needs([medusa], False) == ["dllm", "medusa_dllm"]
-    assert artefact_path("medusa_dllm") == "medusa/dllm"
-    assert results_paths(tmp_path)["medusa_dllm"] == tmp_path / "medusa" / "dllm"
+    assert needs([medusa], False) == ["dllm", "hydra_dllm"]
+    assert artefact_path("hydra_dllm") == "hydra/dllm"
+    assert results_paths(tmp_path)["hydra_dllm"] == tmp_path / "hydra" / "dllm"
     text = _generate_help(capsys)
-    assert f",{medusa}}}" in text and "--medusa-dllm DIR" in text
-    assert catalog.label(medusa) == "Medusa+D-LLM"
+    assert f",{medusa}}}" in text and "--hydra-dllm DIR" in text
+    assert catalog.label(medusa) == "Hydra+D-LLM"
     assert catalog.verification(medusa) == "all tokens vote"
     rows = pd.DataFrame({"model": "m", "bench": "b", "method": ["zzz", medusa, "ar"]})
     assert list(_order(rows)["method"]) == ["ar", medusa, "zzz"]

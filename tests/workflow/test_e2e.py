@@ -83,6 +83,7 @@ def test_outputs_exist_and_load(finished_run):
 def test_eagle_stage_outputs(finished_run):
     from spadec.eagle.data import ShardReader
     from spadec.eagle.head import load_head
+    from spadec.medusa.heads import load_heads
 
     eagle = finished_run / "results" / "micro" / "eagle"
     for target in ("dense", "dllm", "dllm_baseline"):
@@ -94,9 +95,17 @@ def test_eagle_stage_outputs(finished_run):
         assert head.config.num_hidden_layers == 1
         metrics = json.loads((eagle / target / "head" / "metrics.json").read_text())
         assert 0 <= metrics["heldout_top1"] <= metrics["heldout_top3"] <= 1
-    predictor = finished_run / "results" / "micro" / "predictor"
-    pm = json.loads((predictor / "model" / "metrics.json").read_text())
-    assert pm["layer_k"] == 2 and 0 <= pm["train"]["auc"] <= 1
+    medusa = finished_run / "results" / "micro" / "medusa"
+    for target in ("dense", "dllm", "dllm_baseline"):
+        heads = load_heads(medusa / target / "heads")
+        assert heads.config.num_heads == 4
+        metrics = json.loads((medusa / target / "heads" / "metrics.json").read_text())
+        assert len(metrics["heldout_top1"]) == 4
+        assert all(0 <= t1 <= t5 <= 1 for t1, t5 in zip(*_top(metrics), strict=True))
+    for predictor in ("predictor", "predictor_medusa"):  # one per drafter kind
+        folder = finished_run / "results" / "micro" / predictor
+        pm = json.loads((folder / "model" / "metrics.json").read_text())
+        assert pm["layer_k"] == 2 and 0 <= pm["train"]["auc"] <= 1
     evals = finished_run / "results" / "micro" / "eval" / "heldout"
     metrics = json.loads((evals / "metrics.json").read_text())
     bench = metrics["vs_own_target"]
@@ -109,15 +118,21 @@ def test_eagle_stage_outputs(finished_run):
         "eagle2_dllm_robust",
         "spadec_eagle2",
         "spadec_eagle2_steer",
+        "medusa",
+        "medusa_dllm",
+        "spadec_medusa",
+        "spadec_medusa_steer",
     }
     assert metrics["targets"]["eagle2_dllm"] == "dllm_baseline"
     assert metrics["targets"]["spadec_eagle2"] == "dllm"
+    assert metrics["targets"]["medusa_dllm"] == "dllm_baseline"
     # greedy speculative decoding is lossless on the trained micro models (prune mode
     # too), each against the plain decoding of its own target
-    for method in ("eagle2", "eagle2_dllm", "eagle2_dllm_robust", "spadec_eagle2"):
+    lossless = ("eagle2", "eagle2_dllm", "eagle2_dllm_robust", "spadec_eagle2")
+    for method in (*lossless, "medusa", "medusa_dllm", "spadec_medusa"):
         assert bench[method]["same_output_as_baseline"] == 1.0, method
     records = [json.loads(line) for line in (evals / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 8  # 2 prompts x 8 methods, one record per turn
+    assert len(records) == 2 * 12  # 2 prompts x 12 methods, one record per turn
     assert {r["model"] for r in records} == {"micro"} and all("output_text" in r for r in records)
 
 
@@ -126,12 +141,12 @@ def test_tables_figures_and_report(finished_run):
 
     tables = finished_run / "results" / "tables"
     speed = pd.read_csv(tables / "speedup.csv").set_index("method")
-    assert len(speed) == 8 and set(speed["model"]) == {"micro"}
+    assert len(speed) == 12 and set(speed["model"]) == {"micro"}
     assert speed.loc["ar", "speedup"] == pytest.approx(1.0)
     assert (speed["speedup"] > 0).all() and (speed["prompts"] == 2).all()
     assert speed.loc["eagle2", "tau"] >= 1.0
     quality = pd.read_csv(tables / "quality.csv").set_index("method")
-    for method in ("eagle2", "eagle2_dllm", "spadec_eagle2"):
+    for method in ("eagle2", "eagle2_dllm", "spadec_eagle2", "medusa", "spadec_medusa"):
         assert quality.loc[method, "exact_reference"] == 1.0, method
     assert quality.loc["spadec_eagle2", "reference"] == "dllm_robust"
     assert quality.loc["eagle2_dllm", "reference"] == "dllm"
@@ -139,7 +154,7 @@ def test_tables_figures_and_report(finished_run):
     assert r"\begin{tabular}" in (tables / "speedup.tex").read_text()
     assert (tables / "responses.md").read_text().count("| micro | heldout |") == 2
     run_info = json.loads((tables / "run_info.json").read_text())
-    assert run_info["records"][0]["records"] == 16
+    assert run_info["records"][0]["records"] == 24
     ablation = pd.read_csv(tables / "ablation.csv").set_index("method")
     assert list(ablation.index) == [
         "eagle2_dllm",
@@ -169,9 +184,12 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(MICRO_CONFIG.read_text().replace("steps: 12", "steps: 13"))
     evaluation = {"eval_speed": 1, "tables": 1}
-    predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, **evaluation}
+    # two predictors (EAGLE's trees, Medusa's) of 2 shards each
+    predictor_and_eval = {"predictor_data": 4, "train_predictor": 2, **evaluation}
+    eagle_predictor_and_eval = {"predictor_data": 2, "train_predictor": 1, **evaluation}
     # three targets: dense, SpaDec's D-LLM and the baseline D-LLM
-    eagle_on_all = {"distill": 3, "eagle_data": 6, "train_eagle": 3, **predictor_and_eval}
+    drafters_on_all = {"distill": 3, "eagle_data": 6, "train_eagle": 3, "train_medusa": 3}
+    eagle_on_all = {**drafters_on_all, **predictor_and_eval}
     both_dllms = {"finetune_dllm": 2, "merge_lora": 2, "convert_hf": 2, "eval_dllm": 2}
     dllm_and_after = {**both_dllms, "all": 1, **eagle_on_all}
     jobs = _jobs(snakemake(finished_run, "-n", config=changed).stdout)
@@ -190,7 +208,8 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=dllm_change).stdout)
     # the dense target's EAGLE head does not depend on the D-LLMs
-    eagle_on_dllms = {"distill": 2, "eagle_data": 4, "train_eagle": 2, **predictor_and_eval}
+    eagle_on_dllms = {"distill": 2, "eagle_data": 4, "train_eagle": 2, "train_medusa": 2}
+    eagle_on_dllms.update(predictor_and_eval)
     assert jobs == {"stage_config": 2, **both_dllms, "all": 1, **eagle_on_dllms}
     # the baseline's router input reruns the baseline D-LLM and its head, not SpaDec's
     # D-LLM nor the predictor trained on it
@@ -202,7 +221,7 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     )
     jobs = _jobs(snakemake(finished_run, "-n", config=baseline_change).stdout)
     one_dllm = {"finetune_dllm": 1, "merge_lora": 1, "convert_hf": 1, "eval_dllm": 1}
-    eagle_on_one = {"distill": 1, "eagle_data": 2, "train_eagle": 1}
+    eagle_on_one = {"distill": 1, "eagle_data": 2, "train_eagle": 1, "train_medusa": 1}
     assert jobs == {"stage_config": 1, **one_dllm, **eagle_on_one, **evaluation, "all": 1}
     # with equal router inputs one D-LLM serves every method: only the evaluation reruns
     one_change = tmp_path / "one.yaml"
@@ -215,9 +234,14 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     assert jobs == {**evaluation, "all": 1}
     # EAGLE knobs rerun only the rules that read them (per-part settings files).
     train_change = tmp_path / "train.yaml"
-    train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-2", "lr: 2.0e-2"))
+    train_change.write_text(MICRO_CONFIG.read_text().replace("lr: 1.0e-2", "lr: 2.0e-2", 1))
     jobs = _jobs(snakemake(finished_run, "-n", config=train_change).stdout)
-    assert jobs == {"stage_config": 1, "train_eagle": 3, **predictor_and_eval, "all": 1}
+    assert jobs == {"stage_config": 1, "train_eagle": 3, **eagle_predictor_and_eval, "all": 1}
+    # Medusa's tree reruns its predictor's data and the evaluation, not the heads
+    medusa_change = tmp_path / "medusa.yaml"
+    medusa_change.write_text(MICRO_CONFIG.read_text().replace("tree: small_10", "tree: chain_4"))
+    jobs = _jobs(snakemake(finished_run, "-n", config=medusa_change).stdout)
+    assert jobs == {"stage_config": 1, **eagle_predictor_and_eval, "all": 1}
     tree_change = tmp_path / "tree.yaml"
     tree_change.write_text(MICRO_CONFIG.read_text().replace("top_k: 2", "top_k: 3"))
     jobs = _jobs(snakemake(finished_run, "-n", config=tree_change).stdout)
@@ -245,7 +269,9 @@ def test_changing_one_knob_reruns_that_stage_only(finished_run, tmp_path):
     assert jobs == {"stage_config": 1, "tables": 1, "all": 1}
 
 
-@pytest.mark.parametrize("method", ["ar", "eagle2", "eagle2_dllm", "spadec_eagle2"])
+@pytest.mark.parametrize(
+    "method", ["ar", "eagle2", "eagle2_dllm", "spadec_eagle2", "medusa", "spadec_medusa"]
+)
 def test_spadec_generate_prints_the_counters(finished_run, method):
     import sys
 
@@ -320,3 +346,8 @@ def test_a_moved_checkout_reruns_nothing(tmp_path):
     proc = run([*base, "-n"], cwd=moved)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^total\s+0$", proc.stdout, re.M), proc.stdout[-3000:]
+
+
+def _top(metrics: dict) -> tuple[list[float], list[float]]:
+    """A Medusa heads' held-out top-1 and top-5 per head."""
+    return metrics["heldout_top1"], metrics["heldout_top5"]

@@ -50,11 +50,15 @@ def test_eval_speed_reads_what_the_configured_methods_load(tmp_path, methods):
         config.write_text(yaml.safe_dump(data))
     models = _expected(config)
     inputs, shell = _eval_job(tmp_path / "run", config)
-    configs = {p.format(m="tiny") for p in CONFIGS} | {"results/tiny/config/predictor.decode.json"}
+    configs = {p.format(m="tiny") for p in CONFIGS} | {
+        "results/tiny/config/predictor.decode.json",
+        "results/tiny/config/medusa.decode.json",
+    }
     assert inputs == set(models.values()) | configs | {"results/tiny/data"}
     options = " ".join(f"{artefact_option(k)} {p}" for k, p in models.items())
     assert f" {options} --data results/tiny/data " in shell
     if methods is None:  # every model of the run: the paper's methods need them all
-        assert len(models) == 7 and "--head-dllm-baseline" in shell
+        assert len(models) == 11 and "--head-dllm-baseline" in shell
+        assert "--medusa-dllm-baseline" in shell
     else:
         assert "results/tiny/eagle/dllm_baseline/head" not in inputs
