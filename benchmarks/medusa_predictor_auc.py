@@ -44,56 +44,17 @@ from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode
 from spadec.decoding.medusa import medusa_decode
 from spadec.decoding.medusa_trees import named_tree
-from spadec.decoding.spadec import path_labels, recording_verify_step
 from spadec.eagle.data import read_distilled
 from spadec.eagle.head import check_head_fits, load_head
 from spadec.eval.bench import load_prompts
 from spadec.io import read_json, write_json
-from spadec.logs import progress, setup_logging
+from spadec.logs import setup_logging
 from spadec.medusa.heads import check_heads_fit, load_heads
-from spadec.predictor.data import PredictorDataError, write_shard
+from spadec.predictor.data import collect_tree_nodes, write_shard
 from spadec.predictor.metrics import roc_auc
-from spadec.predictor.model import check_predictor_fits, draft_features, load_predictor
+from spadec.predictor.model import check_predictor_fits, load_predictor
 from spadec.predictor.train import evaluate, train_predictor
 from spadec.runtime.load import load_target
-
-KEYS = ("features", "labels", "depth", "sample", "step", "draft")
-
-
-def collect_with(decode, target, prompts, layer_k, max_new_tokens, eos_token_id) -> dict:
-    """`spadec.predictor.data.collect_nodes` with the decoding passed in:
-    `decode(input_ids, max_new_tokens, eos_token_id, verify_step=, on_step=)`. Glue
-    copied from there (the proposed generalisation of collect_nodes, not a variant)."""
-    device = next(target.parameters()).device
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in KEYS}
-    for sample, prompt in enumerate(progress(prompts, desc="nodes")):
-        hidden: list[torch.Tensor] = []
-        steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-        def on_step(compiled, acc, steps=steps):
-            extra = draft_features(compiled.depth, compiled.tree.scores, compiled.parents)
-            labels = path_labels(compiled.tokens.numel(), acc.path)
-            steps.append((compiled.depth, labels, extra))
-
-        decode(
-            torch.tensor([prompt], device=device),
-            max_new_tokens,
-            eos_token_id,
-            verify_step=recording_verify_step(layer_k, hidden),
-            on_step=on_step,
-        )
-        for step, (h, (depth, labels, extra)) in enumerate(zip(hidden, steps, strict=True)):
-            drafted = depth > 0
-            n = int(drafted.sum())
-            parts["features"].append(h[drafted].to("cpu", torch.float16))
-            parts["labels"].append(labels[drafted].cpu())
-            parts["depth"].append(depth[drafted].to("cpu", torch.int32))
-            parts["sample"].append(torch.full((n,), sample, dtype=torch.int32))
-            parts["step"].append(torch.full((n,), step, dtype=torch.int32))
-            parts["draft"].append(extra[drafted].to("cpu", torch.float32))
-    if not parts["features"]:
-        raise PredictorDataError("no draft-tree nodes were recorded (no prompts?)")
-    return {k: torch.cat(v).contiguous() for k, v in parts.items()}
 
 
 def paired_bootstrap(pred_a, pred_b, data: dict, n: int = 1000, seed: int = 0) -> dict:
@@ -244,8 +205,8 @@ def main() -> None:
         return medusa_decode(target, heads, ids, tree, *a, **kw)
 
     t0 = time.perf_counter()
-    med_train = collect_with(medusa, target, train_ids, layer_k, max_new, eos)
-    med_held = collect_with(medusa, target, held_ids, layer_k, max_new, eos)
+    med_train = collect_tree_nodes(medusa, target, train_ids, layer_k, max_new, eos)
+    med_held = collect_tree_nodes(medusa, target, held_ids, layer_k, max_new, eos)
     collect_s = time.perf_counter() - t0
     shard = work / "medusa_train_shard"
     write_shard(med_train, shard, {"tree": args.tree, "prompts": args.train_prompts})
@@ -281,7 +242,7 @@ def main() -> None:
         def eagle(ids, *a, **kw):
             return eagle2_decode(target, head, ids, params, *a, **kw)
 
-        eagle_held = collect_with(eagle, target, held_ids, layer_k, max_new, eos)
+        eagle_held = collect_tree_nodes(eagle, target, held_ids, layer_k, max_new, eos)
         sets["eagle_heldout"] = node_stats(eagle_held)
         rows += [
             {"predictor": "EAGLE-trained", "on": "EAGLE held-out", **score(eagle_pred, eagle_held)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -117,3 +118,82 @@ def kill_after_checkpoint(
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+
+
+# --- tiny models and CPU training jobs -------------------------------------------------
+
+TINY_LLAMA = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+def tiny_llama(seed: int = 0, path: Path | None = None, **config):
+    """A tiny random Llama target (TINY_LLAMA, `config` on top), its weights drawn after
+    torch.manual_seed(seed), in eval mode; saved to `path` when given."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **config})).eval()
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def job_env() -> dict:
+    """The environment of a training job started by a test: no inherited rank variables,
+    one thread, no progress bars."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "SPADEC_NO_PROGRESS": "1"}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch on `n` threads inside the block."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one thread is faster on a shared 2-core box, and the subprocess runs
+    (OMP_NUM_THREADS=1, job_env) then do exactly the same arithmetic as the in-process ones."""
+    with torch_threads(1):
+        yield
+
+
+def resumes_to_reference(cmd: list[str], out: Path, ckpt: Path, ref: dict, ref_out: Path) -> None:
+    """SIGKILL the training job `cmd` (writing `out`, checkpointing under `ckpt` every 5
+    steps) after its first checkpoint: it leaves no output, and restarted it ends
+    bit-identical to the unbroken run (metrics `ref`, output `ref_out`): the same history,
+    held-out scores and weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from spadec.eagle.ds_runtime import MARKER
+    from spadec.io import read_json
+
+    kill_after_checkpoint(cmd, ckpt / "step_5" / MARKER, job_env())
+    assert not out.exists(), "a killed job must not leave an output"
+    proc = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["resumed_from_step"] >= 5 and metrics["steps"] == ref["steps"]
+    assert metrics["history"] == ref["history"]
+    assert metrics["heldout"] == ref["heldout"]
+    a, b = load_file(ref_out / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

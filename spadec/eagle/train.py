@@ -6,7 +6,8 @@ DeepSpeed config, process group and checkpoints in spadec.eagle.ds_runtime.
 
 The parts that do not depend on the head (the shards and target, the plan, the engine,
 the step loop with its seeding, logging and checkpoints, the fp32 weights and the run
-hash) are public: the Medusa heads (spadec.medusa.train) train through them on the same
+hash; `train_module`, the run around them; `script_main`, the workflow script's command
+line) are public: the Medusa heads (spadec.medusa.train) train through them on the same
 shards, so both trainers batch, seed, checkpoint and resume the same way.
 
 Train samples get uniform noise U(-a/2, a/2) on their input features, a =
@@ -19,6 +20,7 @@ unbroken one exactly.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import time
@@ -39,10 +41,10 @@ from spadec.eagle.ds_runtime import (
     resume,
     save,
 )
-from spadec.eagle.head import EagleHead, init_head, save_head
+from spadec.eagle.head import init_head, save_head
 from spadec.eagle.losses import combined_loss, head_losses
 from spadec.io import read_json
-from spadec.logs import progress
+from spadec.logs import progress, setup_logging
 from spadec.pacing import paced
 from spadec.provenance import RunInfo
 from spadec.training import ADAMW_BETAS, epoch_seed, step_seed
@@ -53,7 +55,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # The settings that shape the trained weights; decoding keys (depth, top_k, ...) and the
 # log/checkpoint cadence may change without discarding a checkpoint.
 CADENCE_KEYS = ("checkpoint_every", "log_every")
-TRAIN_KEYS = ("seed", *(k for k in STAGE_PARTS["eagle"]["train"] if k not in CADENCE_KEYS))
+
+
+def train_keys(stage: str) -> tuple[str, ...]:
+    """The settings that shape a stage's trained weights (and so its checkpoint hash):
+    the seed and the stage's train settings (spadec.config.STAGE_PARTS) but the cadence."""
+    return ("seed", *(k for k in STAGE_PARTS[stage]["train"] if k not in CADENCE_KEYS))
+
+
+TRAIN_KEYS = train_keys("eagle")
+DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / "zero2.json"
 
 
 # ----------------------------------------------------------------------------- target
@@ -208,11 +219,6 @@ def data_hash(
     )
 
 
-def run_hash(settings: dict, ds_config: dict, shard_dirs: list[Path], target_dir: Path) -> str:
-    """The EAGLE head's checkpoint hash (data_hash over its TRAIN_KEYS)."""
-    return data_hash(settings, TRAIN_KEYS, ds_config, shard_dirs, target_dir)
-
-
 def fp32_state(engine) -> dict[str, torch.Tensor]:
     """The module's trainable weights in fp32, from the optimizer's master copy.
 
@@ -226,13 +232,6 @@ def fp32_state(engine) -> dict[str, torch.Tensor]:
         if param.requires_grad:
             full = safe_get_full_fp32_param(param)
             state[name] = (full if full is not None else param.detach()).float().cpu().clone()
-    return state
-
-
-def _fp32_state(engine, embed: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The head's weights in fp32 (trainable ones from the optimizer's master copy)."""
-    state = fp32_state(engine)
-    state["embed_tokens.weight"] = embed.clone()  # frozen: the target's exact fp32 copy
     return state
 
 
@@ -324,20 +323,88 @@ def train_head(
     run_info = RunInfo("train_eagle", settings)
     shard_dirs = [Path(d) for d in shard_dirs]
     reader, config, embed, lm_head = open_data(shard_dirs, target_dir)
+    metrics = train_module(
+        settings,
+        run_info,
+        reader,
+        lm_head,
+        target_dir=target_dir,
+        shard_dirs=shard_dirs,
+        out_dir=out_dir,
+        ckpt_dir=ckpt_dir,
+        ds_config_path=ds_config_path,
+        keys=TRAIN_KEYS,
+        build=lambda: init_head(config, embed),
+        frozen={"embed_tokens.weight": embed},  # the target's exact fp32 copy
+        micro_step=_eagle_micro_step,
+        names=("loss", "vloss", "ploss"),
+        describe=lambda e: f"loss {e['loss']:.4f} (value {e['vloss']:.4f}, prob {e['ploss']:.4f})",
+        evaluate=evaluate,
+        held_keys=("top1", "top3"),
+        save=save_head,
+    )
+    if metrics is not None:
+        held = metrics["heldout"]
+        log.info(
+            "held-out top-1 %s, top-3 %s; head written to %s", held["top1"], held["top3"], out_dir
+        )
+    return metrics
+
+
+def train_module(
+    settings: dict,
+    run_info: RunInfo,
+    reader: ShardReader,
+    lm_head: torch.Tensor,
+    *,
+    target_dir: str | Path,
+    shard_dirs: list[Path],
+    out_dir: str | Path,
+    ckpt_dir: str | Path,
+    ds_config_path: str | Path,
+    keys: tuple[str, ...],
+    build: Callable[[], torch.nn.Module],
+    micro_step: Callable,
+    names: tuple[str, ...],
+    describe: Callable[[dict], str],
+    evaluate: Callable[..., dict],
+    save: Callable[..., None],
+    held_keys: tuple[str, ...],
+    frozen: dict[str, torch.Tensor] | None = None,
+    intro: str = "",
+    head_metrics: dict | None = None,
+    logger: logging.Logger = log,
+) -> dict | None:
+    """Train a draft module on the shards of `reader` (the EAGLE head here, the Medusa
+    heads in spadec.medusa.train): plan, engine, resume, `train_steps`, fp32 weights,
+    held-out evaluation; rank 0 saves the module with metrics.json and run_info.json to
+    `out_dir` and returns the metrics (the other ranks None).
+
+    The module's own pieces: `build()` makes it (nn.Module with a `config`, from which
+    `type(module)(module.config)` makes a fresh one for the fp32 weights, plus the frozen
+    tensors `frozen`); `micro_step(engine, reader, settings, w_lm)` returns train_steps'
+    micro-step, whose terms are logged as `names` and shown by `describe`; `evaluate(module,
+    reader, indices, settings, w_lm, rank, world)` scores the held-out samples, whose
+    `held_keys` also go to the metrics as `heldout_<key>`; `save(module, out_dir, files)`
+    writes it. `keys` are the settings the checkpoint hash covers, `intro` opens the plan's
+    log line and `head_metrics` the metrics. `w_lm` is `lm_head` on the engine's device:
+    frozen, fp32, outside DeepSpeed.
+    """
     template = read_json(ds_config_path)
     with distributed():
         plan = plan_run(settings, len(reader))
         ds_config = deepspeed_config(template, settings, plan.total, plan.warmup)
-        engine, head = make_engine(settings, ds_config, lambda: init_head(config, embed))
+        engine, module = make_engine(settings, ds_config, build)
         w_lm = lm_head.to(engine.device)  # frozen, fp32, outside DeepSpeed: it only scores
-        settings_hash = run_hash(settings, ds_config, shard_dirs, Path(target_dir))
+        settings_hash = data_hash(settings, keys, ds_config, shard_dirs, Path(target_dir))
         start, history = resume(
             engine, Path(ckpt_dir), settings_hash, plan.rank, plan.world, plan.total
         )
         if plan.rank == 0:
-            log.info(
-                "%d train / %d held-out samples, %d optimizer steps (%d per epoch), world %d, "
+            logger.info(
+                "%s%d train / %d held-out samples, %d optimizer steps (%d per epoch), world %d, "
                 "global batch %d, %s, %d trainable parameters",
+                intro,
                 len(plan.train),
                 len(plan.heldout),
                 plan.total,
@@ -345,27 +412,26 @@ def train_head(
                 plan.world,
                 settings["micro_batch"] * plan.accum * plan.world,
                 settings["train_precision"],
-                trainable_count(head),
+                trainable_count(module),
             )
         t0 = time.perf_counter()
         history = train_steps(
             engine,
             plan,
             settings,
-            _eagle_micro_step(engine, reader, settings, w_lm),
-            ("loss", "vloss", "ploss"),
+            micro_step(engine, reader, settings, w_lm),
+            names,
             start=start,
             history=history,
             ckpt_dir=Path(ckpt_dir),
             settings_hash=settings_hash,
-            desc="train_eagle",
-            describe=lambda e: (
-                f"loss {e['loss']:.4f} (value {e['vloss']:.4f}, prob {e['ploss']:.4f})"
-            ),
+            desc=run_info.stage,
+            describe=describe,
+            logger=logger,
         )
         train_wall = time.perf_counter() - t0
-        final = EagleHead(head.config)
-        final.load_state_dict(_fp32_state(engine, embed))  # rotary buffers are not persistent
+        final = type(module)(module.config)  # fp32 (rotary buffers are not persistent)
+        final.load_state_dict({**fp32_state(engine), **(frozen or {})})
         held = evaluate(
             final.to(engine.device), reader, plan.heldout, settings, w_lm, plan.rank, plan.world
         )
@@ -373,6 +439,7 @@ def train_head(
     if plan.rank != 0:
         return None
     metrics = {
+        **(head_metrics or {}),
         "train_samples": len(plan.train),
         "heldout_samples": len(plan.heldout),
         "steps": plan.total,
@@ -381,11 +448,10 @@ def train_head(
         "world_size": plan.world,
         "global_batch": settings["micro_batch"] * plan.accum * plan.world,
         "train_precision": settings["train_precision"],
-        "trainable_parameters": trainable_count(head),
+        "trainable_parameters": trainable_count(module),
         "train_wall_s": round(train_wall, 1),
         "heldout": held,
-        "heldout_top1": held["top1"],
-        "heldout_top3": held["top3"],
+        **{f"heldout_{k}": held[k] for k in held_keys},
         "history": history,
     }
     info = run_info.as_dict(
@@ -394,8 +460,7 @@ def train_head(
         deepspeed_config=ds_config,
         world_size=plan.world,
     )
-    save_head(final.cpu(), out_dir, {"metrics.json": metrics, "run_info.json": info})
-    log.info("held-out top-1 %s, top-3 %s; head written to %s", held["top1"], held["top3"], out_dir)
+    save(final.cpu(), out_dir, {"metrics.json": metrics, "run_info.json": info})
     return metrics
 
 
@@ -518,3 +583,29 @@ def train_steps(
             }
             save(engine, ckpt_dir, done, state, plan.rank)
     return history
+
+
+def script_main(doc: str, train: Callable[..., dict | None], *, stage: str, output: str) -> None:
+    """The command line of a head trainer's workflow script (workflow_scripts/train_eagle.py,
+    train_medusa.py; `doc` is its help text): parse it, set up logging and run `train`
+    (train_head's signature) on the `stage` settings, writing the `output` directory."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--config", required=True, help=f"resolved {stage} settings (JSON)")
+    parser.add_argument("--target", required=True, help="target model directory (HF)")
+    parser.add_argument("--data", required=True, nargs="+", help="EAGLE data shard directories")
+    parser.add_argument("--ckpt", required=True, help="resumable training state (not an output)")
+    parser.add_argument("--out", required=True, help=f"{output} output directory")
+    parser.add_argument(
+        "--ds-config",
+        default=str(DEFAULT_DS_CONFIG),
+        help="DeepSpeed config template (default: configs/deepspeed/zero2.json)",
+    )
+    # DeepSpeed's launcher adds --local_rank=N unless told --no_local_rank; the rank is read
+    # from the environment either way.
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+
+    setup_logging()
+    train(read_json(args.config), args.target, args.data, args.out, args.ckpt, args.ds_config)

@@ -10,68 +10,41 @@ i (from 0) learns x_{t+2+i}:
 so only answer tokens are targets (the prompt is context). Medusa-1 heads train their
 own projection, initialised from the target's LM head; Medusa-2-format heads
 (own_projection false) draft through the target's frozen LM head, which stays outside
-DeepSpeed. The run plan, engine, step loop (batch order, per-step seeding, logging,
-checkpoints, resume) and fp32 weights are the EAGLE trainer's (spadec.eagle.train), so
-a killed run resumes to the unbroken run's weights in the same way. Held-out samples
+DeepSpeed. The run (spadec.eagle.train.train_module: plan, engine, step loop with its
+batch order, per-step seeding, logging, checkpoints and resume, fp32 weights, metrics and
+output) is the EAGLE trainer's, so a killed run resumes to the unbroken run's weights in
+the same way. Held-out samples
 (a seeded shuffle, `heldout_fraction`) score each head's top-1 / top-5 agreement.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from spadec.eagle.data import ShardReader
-from spadec.eagle.ds_runtime import (
-    EagleTrainError,
-    all_sum,
-    barrier,
-    deepspeed_config,
-    distributed,
-    resume,
-)
+from spadec.eagle.ds_runtime import EagleTrainError, all_sum
 from spadec.eagle.train import (
+    CADENCE_KEYS,
     check_precision,
-    data_hash,
-    fp32_state,
-    make_engine,
     open_data,
-    plan_run,
-    train_steps,
-    trainable_count,
+    train_keys,
+    train_module,
 )
-from spadec.io import read_json
-from spadec.medusa.heads import MedusaConfig, MedusaHeads, init_heads, save_heads
+from spadec.medusa.heads import MedusaConfig, init_heads, save_heads
 from spadec.provenance import RunInfo
 
 log = logging.getLogger(__name__)
 
 STAGE = "train_medusa"
 TOP_K = 5
-# The settings that shape the trained heads (and so the checkpoint hash); the log and
-# checkpoint cadence may change without discarding a checkpoint.
-TRAIN_KEYS = (
-    "seed",
-    "num_heads",
-    "num_blocks",
-    "own_projection",
-    "lr",
-    "micro_batch",
-    "grad_accum",
-    "grad_clip",
-    "epochs",
-    "max_len",
-    "heldout_fraction",
-    "train_precision",
-    "warmup_steps",
-    "weight_decay",
-    "decay",
-)
-CADENCE_KEYS = ("checkpoint_every", "log_every")
+# The settings that shape the trained heads (and so the checkpoint hash): STAGE_PARTS'
+# medusa.train and the seed; the log and checkpoint cadence (CADENCE_KEYS) may change
+# without discarding a checkpoint.
+TRAIN_KEYS = train_keys("medusa")
 
 
 class MedusaTrainError(EagleTrainError):
@@ -268,90 +241,41 @@ def train_heads(
         )
     except ValueError as err:
         raise MedusaTrainError(f"medusa settings: {err}") from None
-    template = read_json(ds_config_path)
     k = heads_config.num_heads
     names = ("loss", *(f"ce_{i}" for i in range(k)))
-    with distributed():
-        plan = plan_run(settings, len(reader))
-        ds_config = deepspeed_config(template, settings, plan.total, plan.warmup)
-        engine, heads = make_engine(settings, ds_config, lambda: init_heads(heads_config, lm_head))
-        w_lm = lm_head.to(engine.device)  # frozen, fp32, outside DeepSpeed
-        settings_hash = data_hash(settings, TRAIN_KEYS, ds_config, shard_dirs, Path(target_dir))
-        start, history = resume(
-            engine, Path(ckpt_dir), settings_hash, plan.rank, plan.world, plan.total
-        )
-        if plan.rank == 0:
-            log.info(
-                "%d %s heads x %d block(s); %d train / %d held-out samples, %d optimizer steps "
-                "(%d per epoch), world %d, global batch %d, %s, %d trainable parameters",
-                k,
-                heads_config.format,
-                heads_config.num_blocks,
-                len(plan.train),
-                len(plan.heldout),
-                plan.total,
-                plan.steps_per_epoch,
-                plan.world,
-                settings["micro_batch"] * plan.accum * plan.world,
-                settings["train_precision"],
-                trainable_count(heads),
-            )
-        t0 = time.perf_counter()
-        history = train_steps(
-            engine,
-            plan,
-            settings,
-            _micro_step(engine, reader, settings, w_lm),
-            names,
-            start=start,
-            history=history,
-            ckpt_dir=Path(ckpt_dir),
-            settings_hash=settings_hash,
-            desc=STAGE,
-            describe=lambda e: (
-                f"loss {e['loss']:.4f} (CE " + ", ".join(f"{e[n]:.3f}" for n in names[1:]) + ")"
-            ),
-            logger=log,
-        )
-        train_wall = time.perf_counter() - t0
-        final = MedusaHeads(heads_config)
-        final.load_state_dict(fp32_state(engine))
-        held = evaluate(
-            final.to(engine.device), reader, plan.heldout, settings, w_lm, plan.rank, plan.world
-        )
-        barrier()
-    if plan.rank != 0:
-        return None
-    metrics = {
-        "format": heads_config.format,
-        "num_heads": k,
-        "num_blocks": heads_config.num_blocks,
-        "train_samples": len(plan.train),
-        "heldout_samples": len(plan.heldout),
-        "steps": plan.total,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "resumed_from_step": start,
-        "world_size": plan.world,
-        "global_batch": settings["micro_batch"] * plan.accum * plan.world,
-        "train_precision": settings["train_precision"],
-        "trainable_parameters": trainable_count(heads),
-        "train_wall_s": round(train_wall, 1),
-        "heldout": held,
-        "heldout_top1": held["top1"],
-        "heldout_top5": held["top5"],
-        "history": history,
-    }
-    info = run_info.as_dict(
-        target_dir=str(target_dir),
-        shard_dirs=[str(d) for d in shard_dirs],
-        deepspeed_config=ds_config,
-        world_size=plan.world,
+    metrics = train_module(
+        settings,
+        run_info,
+        reader,
+        lm_head,
+        target_dir=target_dir,
+        shard_dirs=shard_dirs,
+        out_dir=out_dir,
+        ckpt_dir=ckpt_dir,
+        ds_config_path=ds_config_path,
+        keys=TRAIN_KEYS,
+        build=lambda: init_heads(heads_config, lm_head),
+        micro_step=_micro_step,
+        names=names,
+        describe=lambda e: (
+            f"loss {e['loss']:.4f} (CE " + ", ".join(f"{e[n]:.3f}" for n in names[1:]) + ")"
+        ),
+        evaluate=evaluate,
+        held_keys=("top1", "top5"),
+        save=save_heads,
+        intro=f"{k} {heads_config.format} heads x {heads_config.num_blocks} block(s); ",
+        head_metrics={
+            "format": heads_config.format,
+            "num_heads": k,
+            "num_blocks": heads_config.num_blocks,
+        },
+        logger=log,
     )
-    save_heads(final.cpu(), out_dir, {"metrics.json": metrics, "run_info.json": info})
-    log.info(
-        "held-out top-1 per head %s, top-5 %s; heads written to %s",
-        held["top1"],
-        held["top5"],
-        out_dir,
-    )
+    if metrics is not None:
+        log.info(
+            "held-out top-1 per head %s, top-5 %s; heads written to %s",
+            metrics["heldout"]["top1"],
+            metrics["heldout"]["top5"],
+            out_dir,
+        )
     return metrics

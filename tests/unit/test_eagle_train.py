@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from spadec.eagle.data import write_shard
 from spadec.eagle.ds_runtime import MARKER, EagleTrainError, deepspeed_config
@@ -22,7 +21,7 @@ from spadec.eagle.head import load_head
 from spadec.eagle.losses import head_losses
 from spadec.eagle.train import split_samples, target_tensors, train_head
 from spadec.io import read_json, write_json
-from tests.conftest import REPO, kill_after_checkpoint
+from tests.conftest import REPO, job_env, resumes_to_reference, tiny_llama, torch_threads
 
 DS_CONFIG = REPO / "configs" / "deepspeed" / "zero2.json"
 SCRIPT = REPO / "workflow_scripts" / "train_eagle.py"
@@ -47,28 +46,11 @@ SETTINGS = {
 }
 
 
-def _tiny_target(path, tie: bool) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(path)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny tied-embedding Llama target and two shards of its features."""
     root = tmp_path_factory.mktemp("eagle_train")
-    model = _tiny_target(root / "target", tie=True)
+    model = tiny_llama(path=root / "target", tie_word_embeddings=True)
     rng = random.Random(0)
     records = [
         {
@@ -83,21 +65,6 @@ def tiny(tmp_path_factory):
             model, records[s * 12 : (s + 1) * 12], root / f"shard{s}", shard=s, shards=2, target="t"
         )
     return {"root": root, "target": root / "target", "shards": [root / "shard0", root / "shard1"]}
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: one thread is faster on a shared 2-core box, and the subprocess runs
-    (OMP_NUM_THREADS=1) then do exactly the same arithmetic as the in-process ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "SPADEC_NO_PROGRESS": "1"}
 
 
 def _args(tiny, config, out, ckpt) -> list[str]:
@@ -117,25 +84,14 @@ def _args(tiny, config, out, ckpt) -> list[str]:
     ]
 
 
-def _same_weights(a_dir, b_dir) -> None:
-    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
     """One unbroken in-process run (world 1) with checkpoints every 5 steps."""
     out = tmp_path_factory.mktemp("ref")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         metrics = train_head(
             SETTINGS, tiny["target"], tiny["shards"], out / "head", out / "ckpt", DS_CONFIG
         )
-    finally:
-        torch.set_num_threads(before)
     return {"metrics": metrics, "head": out / "head", "ckpt": out / "ckpt"}
 
 
@@ -169,7 +125,7 @@ def test_two_cpu_processes_through_the_launcher(tiny, tmp_path):
     cmd = [sys.executable, "-m", "spadec.launch", "--gpus", "0", "--nproc", "2"]
     cmd += ["--backend", "deepspeed", "--"]
     cmd += _args(tiny, tmp_path / "eagle.json", tmp_path / "head", tmp_path / "ckpt")
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = read_json(tmp_path / "head" / "metrics.json")
     # Two ranks split each epoch: 19 // (2 * 2 * 2) = 2 optimizer steps per epoch.
@@ -190,15 +146,9 @@ def test_killed_run_resumes_to_the_unbroken_head(tiny, reference, tmp_path):
         sys.executable,
         *_args(tiny, tmp_path / "eagle.json", tmp_path / "head", tmp_path / "ck"),
     ]
-    kill_after_checkpoint(cmd, tmp_path / "ck" / "step_5" / MARKER, _env())
-    assert not (tmp_path / "head").exists(), "a killed job must not leave an output"
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_json(tmp_path / "head" / "metrics.json")
-    assert metrics["resumed_from_step"] >= 5 and metrics["steps"] == 32
-    assert metrics["history"] == reference["metrics"]["history"]
-    assert metrics["heldout"] == reference["metrics"]["heldout"]
-    _same_weights(reference["head"], tmp_path / "head")
+    resumes_to_reference(
+        cmd, tmp_path / "head", tmp_path / "ck", reference["metrics"], reference["head"]
+    )
 
 
 def test_stale_checkpoints_are_ignored(tiny, reference, tmp_path, caplog, one_thread):
@@ -287,7 +237,7 @@ def test_deepspeed_config_is_filled_and_checked():
 def test_target_tensors_tied_and_untied(tiny, tmp_path):
     _, embed, head = target_tensors(tiny["target"])
     assert torch.equal(embed, head)  # tied: the embedding is the LM head
-    model = _tiny_target(tmp_path / "untied", tie=False)
+    model = tiny_llama(path=tmp_path / "untied", tie_word_embeddings=False)
     config, embed, head = target_tensors(tmp_path / "untied")
     assert config.hidden_size == 32
     assert torch.equal(head, model.lm_head.weight) and not torch.equal(head, embed)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from spadec.artefacts import ArtefactError
 from spadec.medusa.heads import (
@@ -21,22 +21,20 @@ from spadec.medusa.heads import (
     new_heads,
     save_heads,
 )
+from tests.conftest import tiny_llama
 
 D, V = 16, 40
 
 
 def _target(hidden: int = D, vocab: int = V) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return tiny_llama(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def _trained_like(heads: MedusaHeads, seed: int = 1) -> MedusaHeads:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from spadec.eagle.data import Sample, write_shard
 from spadec.eagle.ds_runtime import MARKER, EagleTrainError
@@ -31,7 +27,7 @@ from spadec.medusa.train import (
     medusa_targets,
     train_heads,
 )
-from tests.conftest import REPO, kill_after_checkpoint
+from tests.conftest import REPO, resumes_to_reference, tiny_llama, torch_threads
 
 DS_CONFIG = REPO / "configs" / "deepspeed" / "zero2.json"
 SCRIPT = REPO / "workflow_scripts" / "train_medusa.py"
@@ -63,19 +59,7 @@ def tiny(tmp_path_factory):
     """A tiny untied Llama target and two shards of its features. The answers count up
     by one (mod V), so the token two or more ahead follows from the current one."""
     root = tmp_path_factory.mktemp("medusa_train")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(root / "target")
+    model = tiny_llama(path=root / "target", vocab_size=VOCAB, tie_word_embeddings=False)
     rng = random.Random(0)
     records = []
     for i in range(24):
@@ -98,31 +82,14 @@ def tiny(tmp_path_factory):
     }
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "SPADEC_NO_PROGRESS": "1"}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
     """One unbroken in-process run (world 1) with checkpoints every 5 steps."""
     out = tmp_path_factory.mktemp("ref")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocess runs (OMP_NUM_THREADS=1) do the same arithmetic
-    try:
+    with torch_threads(1):  # the subprocess runs (OMP_NUM_THREADS=1) do the same arithmetic
         metrics = train_heads(
             SETTINGS, tiny["target"], tiny["shards"], out / "heads", out / "ckpt", DS_CONFIG
         )
-    finally:
-        torch.set_num_threads(before)
     return {"metrics": metrics, "heads": out / "heads", "ckpt": out / "ckpt"}
 
 
@@ -197,19 +164,9 @@ def test_killed_run_resumes_to_the_unbroken_heads(tiny, reference, tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--config", str(tmp_path / "medusa.json")]
     cmd += ["--target", str(tiny["target"]), "--data", *map(str, tiny["shards"])]
     cmd += ["--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "heads")]
-    kill_after_checkpoint(cmd, tmp_path / "ck" / "step_5" / MARKER, _env())
-    assert not (tmp_path / "heads").exists(), "a killed job must not leave an output"
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_json(tmp_path / "heads" / "metrics.json")
-    assert metrics["resumed_from_step"] >= 5 and metrics["steps"] == 32
-    assert metrics["history"] == reference["metrics"]["history"]
-    assert metrics["heldout"] == reference["metrics"]["heldout"]
-    a = load_file(reference["heads"] / "model.safetensors")
-    b = load_file(tmp_path / "heads" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    resumes_to_reference(
+        cmd, tmp_path / "heads", tmp_path / "ck", reference["metrics"], reference["heads"]
+    )
 
 
 def test_stale_checkpoints_are_ignored(tiny, reference, tmp_path, caplog, one_thread):

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from spadec.decoding.accept import Acceptance
 from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.eagle2 import eagle2_decode
 from spadec.eagle.head import new_head
+from tests.conftest import tiny_llama
 
 VOCAB = 8
 FIRST = 3  # generated tokens compared: token 3 can be a depth-2 draft of the first step
@@ -54,18 +54,9 @@ EAGLE_SEEDS = range(SEEDS, 2 * SEEDS)  # disjoint from ar's: the two samples are
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=INIT_STD,
-    )
-    target = LlamaForCausalLM(config).double().eval()
+    target = tiny_llama(
+        seed=1, vocab_size=VOCAB, max_position_embeddings=64, initializer_range=INIT_STD
+    ).double()
     # random: a poor drafter, on purpose; with this seed ~40% of steps accept a draft and
     # ~15% accept two, so every branch of the rule is taken hundreds of times
     torch.manual_seed(2)
@@ -207,3 +198,39 @@ def test_a_wrong_acceptance_rule_is_caught(models, exact, bound, flaw):
     numbers = f"TV broken {tv_broken:.4f}, bound {bound:.4f}"
     # well outside the floor, not just over it: a margin that a reseeding cannot close
     assert tv_broken > 1.2 * bound, numbers
+
+
+# Medusa on the same target: two random heads, a static tree of 3 level-1 candidates and
+# 4 below them (choices as in spadec.decoding.medusa_trees), the same lossless rule.
+MEDUSA_TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (2, 0))
+MEDUSA_SEEDS = range(2 * SEEDS, 3 * SEEDS)
+
+
+def test_medusa_sampling_matches_the_exact_target_distribution(models, exact, bound):
+    from spadec.decoding.medusa import medusa_decode
+    from spadec.medusa.heads import new_heads
+
+    target, _ = models
+    torch.manual_seed(3)
+    heads = new_heads(target, num_heads=2, num_blocks=1).double().eval()
+    with torch.no_grad():  # fresh blocks are the identity: make the heads guess differently
+        for param in heads.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    medusa, accepted = empirical(
+        lambda gen: medusa_decode(
+            target,
+            heads,
+            PROMPT,
+            MEDUSA_TREE,
+            max_new_tokens=FIRST,
+            temperature=1.0,
+            generator=gen,
+        ),
+        MEDUSA_SEEDS,
+    )
+    tv = float(total_variation(medusa, exact))
+    assert tv <= bound, f"TV medusa {tv:.4f}, bound {bound:.4f}"
+    steps = len(accepted)
+    for depth in (0, 1, 2):
+        share = accepted.count(depth) / steps
+        assert share > 0.02, f"{share:.3f} of {steps} steps accepted {depth} drafts"
