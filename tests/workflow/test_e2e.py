@@ -156,12 +156,16 @@ def test_tables_figures_and_report(finished_run):
     run_info = json.loads((tables / "run_info.json").read_text())
     assert run_info["records"][0]["records"] == 24
     ablation = pd.read_csv(tables / "ablation.csv").set_index("method")
-    assert list(ablation.index) == [
+    assert list(ablation.index) == [  # per drafter kind: EAGLE-2's trees, then Medusa's
         "eagle2_dllm",
         "eagle2_dllm_robust",
         "spadec_eagle2",
         "spadec_eagle2_steer",
+        "medusa_dllm",
+        "spadec_medusa",
+        "spadec_medusa_steer",
     ]
+    assert ablation.loc["spadec_medusa", "drafter"] == "Medusa heads"
     assert ablation.loc["spadec_eagle2", "verification"] == "ATS prune"
     assert ablation.loc["eagle2_dllm_robust", "lossless"] == "100%"
     assert ablation["tree_router_split_rate"].between(0, 1).all()

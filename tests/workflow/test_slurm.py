@@ -226,8 +226,9 @@ SUBMITTED_RULES = {
     "distill": 3,
     "eagle_data": 6,
     "train_eagle": 3,
-    "predictor_data": 2,
-    "train_predictor": 1,
+    "train_medusa": 3,
+    "predictor_data": 4,  # two predictors (EAGLE-2's trees, Medusa's), 2 shards each
+    "train_predictor": 2,
     "eval_speed": 1,
 }
 GPU_RULES = ("prepare_base", "eval_speed")
@@ -515,7 +516,7 @@ def test_paper_multi_gpu_rules_get_all_gpus_for_one_launcher(config, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     multi = [j for j in _dry_run_jobs(proc.stdout) if j["resources"].get("gpu", 0) > 1]
-    assert {j["rule"] for j in multi} == {"train_eagle"}, [j["rule"] for j in multi]
+    assert {j["rule"] for j in multi} == {"train_eagle", "train_medusa"}, [j["rule"] for j in multi]
     for job in multi:
         res, n = job["resources"], job["resources"]["gpu"]
         fake = SimpleNamespace(resources=res, threads=job["threads"], name=job["rule"])
