@@ -3,8 +3,10 @@
     python benchmarks/decoding_speed.py --results results/tiny
     python benchmarks/decoding_speed.py --results results/tiny --trees 32/5/8 16/4/4 60/5/10
     python benchmarks/decoding_speed.py --results results/tiny --methods ar eagle2
+    python benchmarks/decoding_speed.py --results results/tiny --prune-scales 1 1.25 1.5 \
+        --methods eagle2_dllm eagle2_dllm_robust spadec_eagle2
 
-For every tree (total_tokens/depth/top_k) the methods (spadec_eagle2 in both ATS modes,
+For every tree (total_tokens/depth/top_k) and ATS prune scale the methods (spadec_eagle2 in both ATS modes,
 plus the plain decoding of every target they run on) decode the same held-out prompts,
 interleaved prompt by prompt after a warm-up, in this one process; the figures to read
 are tau, the layer-load shares and the speedup ratios, over ar and over each method's own
@@ -63,6 +65,12 @@ def main() -> int:
     parser.add_argument(
         "--methods", nargs="+", help="methods to run (default: the run's eval.speed.methods)"
     )
+    parser.add_argument(
+        "--prune-scales",
+        nargs="+",
+        type=float,
+        help="ATS prune scales (predictor.decode.prune_scale; default: the run's)",
+    )
     parser.add_argument("--bench", default="heldout", help="benchmark (data/eval_<bench>.jsonl)")
     parser.add_argument("--prompts", type=int, help="prompts (default: all of the benchmark)")
     parser.add_argument("--max-new-tokens", type=int)
@@ -84,27 +92,38 @@ def main() -> int:
         speed["max_new_tokens"] = args.max_new_tokens
     paths = results_paths(res)
     ats = read_json(res / "config" / "predictor.decode.json")
+    ats.setdefault("prune_scale", 1.0)  # runs from before the key: the published rule
     trees = args.trees or [f"{settings['total_tokens']}/{settings['depth']}/{settings['top_k']}"]
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows, lossless = [], True
-    for spec in trees:
+    scales = args.prune_scales or [ats["prune_scale"]]
+    for spec, scale in ((t, x) for t in trees for x in scales):
         total, depth, top_k = (int(x) for x in spec.split("/"))
         s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
         try:
             metrics, _ = evaluate_bench(
-                res.name, args.bench, speed, s, ats, paths, max_prompts=args.prompts
+                res.name,
+                args.bench,
+                speed,
+                s,
+                {**ats, "prune_scale": scale},
+                paths,
+                max_prompts=args.prompts,
             )
         except ValueError as err:  # a method whose models this run did not train
             print(f"{res}: {err}", file=sys.stderr)
             return 2
         own = metrics["vs_own_target"]
-        rows.append({"tree": spec, **metrics})
+        rows.append({"tree": spec, "prune_scale": scale, **metrics})
         lossy = {"spadec_eagle2_steer"} | (
             {"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set()
         )
         for method in {k for k in own if not is_plain(k)} - lossy:
             lossless &= own[method]["same_output_as_baseline"] == 1.0
-        print(f"tree {spec} ({metrics['prompts']} prompts, ATS mode {metrics['ats_mode']}):")
+        print(
+            f"tree {spec} ({metrics['prompts']} prompts, ATS mode {metrics['ats_mode']},"
+            f" prune scale {scale:g}):"
+        )
         for name in sorted(metrics["methods"], key=lambda m: rank.get(m, len(rank))):
             print(method_line(name, metrics["methods"][name], own.get(name)))
     if args.json:

@@ -76,7 +76,7 @@ STAGE_PARTS = {
     "predictor": {
         "data": ("layer_k", "shards", "prompts", "max_new_tokens"),
         "train": ("layer_k", "heldout_fraction", "lr", "weight_decay", "epochs", "draft_features"),
-        "decode": ("ats_mode", "acc_length"),
+        "decode": ("ats_mode", "acc_length", "prune_scale"),
     },
     "eval": {
         "speed": (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from spadec.decoding.ats import DEFAULT_ACC_LENGTH, MODES, select
+from spadec.decoding.ats import DEFAULT_ACC_LENGTH, DEFAULT_PRUNE_SCALE, MODES, select
 from spadec.decoding.timing import NO_TIMER, StepTimer
 from spadec.decoding.tree import CompiledTree
 from spadec.decoding.verify import start_tree
@@ -24,7 +24,12 @@ from spadec.runtime.cache import LayerSkipCache
 from spadec.runtime.forward import TreePass, keep_nodes, run_layers
 
 
-def spadec_verify_step(predictor, mode: str, acc_length: int = DEFAULT_ACC_LENGTH) -> Callable:
+def spadec_verify_step(
+    predictor,
+    mode: str,
+    acc_length: int = DEFAULT_ACC_LENGTH,
+    prune_scale: float = DEFAULT_PRUNE_SCALE,
+) -> Callable:
     if mode not in MODES:
         raise ValueError(f"unknown ATS mode '{mode}' (one of {', '.join(MODES)})")
 
@@ -40,7 +45,7 @@ def spadec_verify_step(predictor, mode: str, acc_length: int = DEFAULT_ACC_LENGT
         run_layers(model, tp, cache, 0, k)
         t = timer.lap("verify_first_k", t)
         probs = predictor.score_tree(tp.hidden[0], compiled)
-        chosen = select(compiled, probs, acc_length)
+        chosen = select(compiled, probs, acc_length, prune_scale)
         timer.lap("predictor_ats", t)
         if mode == "prune":
             keep_nodes(tp, chosen.keep)

@@ -91,6 +91,7 @@ def evaluate_bench(
         decode["dtype"],
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
+        prune_scale=ats["prune_scale"],
         medusa_decode=medusa,
     )
     questions = load_prompts(paths[DATA], bench)[:max_prompts]

@@ -30,7 +30,7 @@ import torch
 
 from spadec.decoding import catalog
 from spadec.decoding.accept import accept_lossless, accept_typical
-from spadec.decoding.ats import DEFAULT_ACC_LENGTH
+from spadec.decoding.ats import DEFAULT_ACC_LENGTH, DEFAULT_PRUNE_SCALE
 from spadec.decoding.autoregressive import autoregressive_decode
 from spadec.decoding.catalog import (
     TARGETS,
@@ -68,6 +68,7 @@ class Models:
     separate_baseline: bool = False
     ats_mode: str = "prune"
     acc_length: int = DEFAULT_ACC_LENGTH
+    prune_scale: float = DEFAULT_PRUNE_SCALE
     tokenizer: object = None
     medusa: dict[str, MedusaHeads] = field(default_factory=dict)  # Medusa heads, by target
     # medusa.decode settings: the tree, the acceptance rule
@@ -99,6 +100,7 @@ class Models:
         device=None,
         ats_mode: str = "prune",
         acc_length: int = DEFAULT_ACC_LENGTH,
+        prune_scale: float = DEFAULT_PRUNE_SCALE,
         medusa_decode: dict | None = None,
     ) -> Models:
         """Load what `methods` need (`catalog.needs`). `paths` maps artefact keys (target
@@ -108,7 +110,10 @@ class Models:
         for m in methods:
             method_info(m)  # unknown names fail here, listing the known ones
         models = cls(
-            separate_baseline=separate_baseline(paths), ats_mode=ats_mode, acc_length=acc_length
+            separate_baseline=separate_baseline(paths),
+            ats_mode=ats_mode,
+            acc_length=acc_length,
+            prune_scale=prune_scale,
         )
         models.medusa_decode.update(medusa_decode or {})
         needed = needs(methods, models.separate_baseline)
@@ -205,7 +210,7 @@ DRAFTERS = {
 VERIFY_STEPS: dict[str, Callable] = {
     "all": lambda models, method, mode: verify_all_layers,
     "spadec": lambda models, method, mode: spadec_verify_step(
-        models.predictors[predictor_key(method)], mode, models.acc_length
+        models.predictors[predictor_key(method)], mode, models.acc_length, models.prune_scale
     ),
 }
 # a peer's drafter kind -> transformers' prompt_lookup_num_tokens (None: plain generate)

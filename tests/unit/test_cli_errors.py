@@ -253,7 +253,7 @@ def test_eval_refuses_a_long_prompt_before_any_run(good, tmp_path):
         "seed": 0,
     }
     decode = {"dtype": "float32", "total_tokens": 4, "depth": 1, "top_k": 2}
-    ats = {"ats_mode": "prune", "acc_length": 3}
+    ats = {"ats_mode": "prune", "acc_length": 3, "prune_scale": 1.0}
     paths = {"dense": good["base"], "data": tmp_path}
     with pytest.raises(PromptTooLongError, match="benchmark long, prompt 1: prompt is"):
         evaluate_bench("m", "long", speed, decode, ats, paths)

@@ -61,6 +61,19 @@ def test_ats_prunes_below_mean_subtrees_and_picks_the_weighted_path():
     assert sel.path.nonzero().flatten().tolist() == [0, 1, 3, 6]
 
 
+def test_a_larger_prune_scale_keeps_a_subtree_of_fewer_nodes():
+    p = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.95, 0.7])  # mean 0.55
+    published = select(TREE, p)
+    assert torch.equal(select(TREE, p, prune_scale=1.0).keep, published.keep)
+    # 1.5 x mean = 0.825: node 3 (0.8) goes with its child 6; 1 (0.9) stays
+    tight = select(TREE, p, prune_scale=1.5)
+    assert tight.keep.tolist() == [True, True, False, False, False, False, False]
+    assert tight.path.nonzero().flatten().tolist() == [0, 1]
+    # a scale no node reaches leaves the root alone; a small one keeps the whole tree
+    assert select(TREE, p, prune_scale=10.0).keep.nonzero().flatten().tolist() == [0]
+    assert select(TREE, p, prune_scale=0.1).keep.all()
+
+
 def test_ats_path_prefers_depth_weighted_mass_over_depth():
     p = torch.tensor([0.5, 0.6, 0.99, 0.6, 0.6, 0.6, 0.58])  # mean ~0.64: only node 2 survives
     sel = select(TREE, p)
@@ -120,6 +133,11 @@ def test_spadec_prune_mode_equals_greedy_dllm(variant, draft):
     assert perfect.output_ids == ref.output_ids
     # pruning really removed nodes from some verification batches
     assert perfect.extra["verified_tokens_per_step"] < 1 + 3 * 4
+    # a stricter prune verifies fewer nodes and is just as lossless
+    strict = spadec_verify_step(_predictor(model, draft=draft), "prune", prune_scale=1.5)
+    tight = eagle2_decode(model, head, ids, TreeParams(12, 3, 3), 40, verify_step=strict)
+    assert tight.output_ids == ref.output_ids
+    assert tight.extra["verified_tokens_per_step"] < random_head.extra["verified_tokens_per_step"]
 
 
 def test_steer_mode_lets_only_the_selected_path_vote():

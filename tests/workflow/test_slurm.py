@@ -405,7 +405,13 @@ def test_slurm_outputs_match_a_local_run(runs):
             sa, sb = load_file(a / rel), load_file(b / rel)
             assert sa.keys() == sb.keys()
             for key in sb:
-                torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
+                torch.testing.assert_close(
+                    sa[key],
+                    sb[key],
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=lambda m, k=f"{rel}:{key}": f"{k}: {m}",
+                )
         elif rel.suffix == ".csv":
             _same_table(a / rel, b / rel)
         elif rel.suffix in (".png", ".md", ".tex") and rel.parts[0] in ("tables", "figures"):
