@@ -71,6 +71,11 @@ def main() -> int:
         type=float,
         help="ATS prune scales (predictor.decode.prune_scale; default: the run's)",
     )
+    parser.add_argument(
+        "--draft-vocabs",
+        nargs="+",
+        help="EAGLE draft vocabularies (eagle.decode.draft_vocab: a size, or 'full')",
+    )
     parser.add_argument("--bench", default="heldout", help="benchmark (data/eval_<bench>.jsonl)")
     parser.add_argument("--prompts", type=int, help="prompts (default: all of the benchmark)")
     parser.add_argument("--max-new-tokens", type=int)
@@ -84,6 +89,7 @@ def main() -> int:
     setup_logging("WARNING")
     res = Path(args.results)
     settings = read_json(res / "config" / "eagle.decode.json")
+    settings.setdefault("draft_vocab", None)  # runs from before the key: the full vocabulary
     speed = read_json(res / "config" / "eval.speed.json")
     speed["compare_ats_modes"] = True
     if args.methods:
@@ -97,9 +103,13 @@ def main() -> int:
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows, lossless = [], True
     scales = args.prune_scales or [ats["prune_scale"]]
-    for spec, scale in ((t, x) for t in trees for x in scales):
+    vocabs = [None if v == "full" else int(v) for v in args.draft_vocabs or []] or [
+        settings["draft_vocab"]
+    ]
+    for spec, scale, vocab in ((t, x, v) for t in trees for x in scales for v in vocabs):
         total, depth, top_k = (int(x) for x in spec.split("/"))
         s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
+        s["draft_vocab"] = vocab
         try:
             metrics, _ = evaluate_bench(
                 res.name,
@@ -114,7 +124,7 @@ def main() -> int:
             print(f"{res}: {err}", file=sys.stderr)
             return 2
         own = metrics["vs_own_target"]
-        rows.append({"tree": spec, "prune_scale": scale, **metrics})
+        rows.append({"tree": spec, "prune_scale": scale, "draft_vocab": vocab, **metrics})
         lossy = {"spadec_eagle2_steer"} | (
             {"spadec_eagle2"} if metrics["ats_mode"] == "steer" else set()
         )
@@ -122,7 +132,7 @@ def main() -> int:
             lossless &= own[method]["same_output_as_baseline"] == 1.0
         print(
             f"tree {spec} ({metrics['prompts']} prompts, ATS mode {metrics['ats_mode']},"
-            f" prune scale {scale:g}):"
+            f" prune scale {scale:g}, draft vocabulary {vocab or 'full'}):"
         )
         for name in sorted(metrics["methods"], key=lambda m: rank.get(m, len(rank))):
             print(method_line(name, metrics["methods"][name], own.get(name)))

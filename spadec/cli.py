@@ -105,13 +105,18 @@ def cmd_generate(args) -> int:
     medusa = read_json(medusa_cfg) if medusa_cfg and medusa_cfg.is_file() else {}
     if args.medusa_tree:
         medusa["tree"] = args.medusa_tree
+    stage_cfg = results / "config" / "eagle.decode.json" if results else None
+    tree = read_json(stage_cfg) if stage_cfg and stage_cfg.is_file() else {}
     models = Models.load(
-        [args.method], paths, args.dtype, ats_mode=args.ats_mode, medusa_decode=medusa
+        [args.method],
+        paths,
+        args.dtype,
+        ats_mode=args.ats_mode,
+        draft_vocab=tree.get("draft_vocab"),
+        medusa_decode=medusa,
     )
     tok = models.tokenizer
     ids = torch.tensor([prompt_ids(tok, args.prompt)], device=models.device)
-    stage_cfg = results / "config" / "eagle.decode.json" if results else None
-    tree = read_json(stage_cfg) if stage_cfg and stage_cfg.is_file() else {}
     params = TreeParams(
         args.total_tokens or tree.get("total_tokens", DEFAULT_TOTAL_TOKENS),
         args.depth if args.depth is not None else tree.get("depth", DEFAULT_DEPTH),

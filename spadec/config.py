@@ -50,7 +50,7 @@ STAGE_PARTS = {
             "checkpoint_every",
             "log_every",
         ),
-        "decode": ("dtype", "total_tokens", "depth", "top_k"),
+        "decode": ("dtype", "total_tokens", "depth", "top_k", "draft_vocab"),
     },
     "medusa": {
         "train": (

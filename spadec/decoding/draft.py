@@ -36,6 +36,31 @@ class TreeParams:
         return cls(settings["total_tokens"], settings["depth"], settings["top_k"])
 
 
+class DraftLMHead(torch.nn.Module):
+    """The target's LM head restricted to `token_ids` (a reduced draft vocabulary): logits
+    over those tokens only; `token_ids` maps a logit's index back to its token."""
+
+    def __init__(self, lm_head: torch.nn.Module, token_ids: torch.Tensor):
+        super().__init__()
+        ids = token_ids.to(lm_head.weight.device)
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.register_buffer("weight", lm_head.weight.detach()[ids].clone(), persistent=False)
+        bias = getattr(lm_head, "bias", None)
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach()[ids].clone(), persistent=False
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+
+
+def _tokens(lm_head: torch.nn.Module, index: torch.Tensor) -> torch.Tensor:
+    """Token ids of logit indices (a reduced draft vocabulary maps them; the full LM head's
+    indices are the ids)."""
+    ids = getattr(lm_head, "token_ids", None)
+    return index if ids is None else ids[index]
+
+
 def head_extend(
     head, cache: LayerSkipCache, features: torch.Tensor, next_tokens: torch.Tensor
 ) -> torch.Tensor:
@@ -66,6 +91,7 @@ def draft_tree(
     logp = torch.log_softmax(lm_head(root_hidden).float(), dim=-1)
     k = min(params.top_k, logp.shape[-1])  # a tiny vocabulary caps the branching
     scores, tokens = logp.topk(k)
+    tokens = _tokens(lm_head, tokens)
     pool_tokens, pool_scores = [tokens], [scores]
     pool_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]
     frontier = torch.arange(k, device=device)  # pool indices
@@ -96,6 +122,7 @@ def draft_tree(
         h = decoder_layer(head.layer, x, cos, sin, bias, provisional)[0]
         child_logp = torch.log_softmax(lm_head(h).float(), dim=-1)
         c_scores, c_tokens = child_logp.topk(k, dim=-1)  # [k, k]
+        c_tokens = _tokens(lm_head, c_tokens)
         cumulative = (f_scores[:, None] + c_scores).flatten()
         pool_tokens.append(c_tokens.flatten())
         pool_scores.append(cumulative)

@@ -37,10 +37,17 @@ class EagleDrafter:
 
 @torch.inference_mode()
 def eagle2_decode(
-    target, head, input_ids: torch.Tensor, params: TreeParams, *args, **kwargs
+    target,
+    head,
+    input_ids: torch.Tensor,
+    params: TreeParams,
+    *args,
+    draft_lm_head: torch.nn.Module | None = None,
+    **kwargs,
 ) -> DecodeResult:
     """EAGLE-2 decoding of `input_ids` [1, n] with `head` (an EagleHead) drafting for
-    `target`; the remaining arguments are `speculative_decode`'s (max_new_tokens,
+    `target`, through `draft_lm_head` (a `DraftLMHead`: a reduced draft vocabulary) or the
+    target's LM head; the remaining arguments are `speculative_decode`'s (max_new_tokens,
     eos_token_id, temperature, generator, verify_step, on_step, timing, acceptance)."""
-    drafter = EagleDrafter(head, target.lm_head, params)
+    drafter = EagleDrafter(head, draft_lm_head or target.lm_head, params)
     return speculative_decode(target, drafter, input_ids, *args, **kwargs)

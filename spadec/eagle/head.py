@@ -26,6 +26,7 @@ from spadec.artefacts import (
     load_safetensors,
     read_config_json,
 )
+from spadec.eagle.vocab import COUNTS_FILE, write_token_counts
 from spadec.io import atomic_dir, write_json
 from spadec.runtime.attention import causal_mask, decoder_layer
 
@@ -108,8 +109,14 @@ def new_head(target) -> EagleHead:
     return init_head(target.config, target.get_input_embeddings().weight)
 
 
-def save_head(head: EagleHead, out_dir: str | Path, extra_files: dict | None = None) -> None:
-    """config.json + model.safetensors (+ JSON files named in `extra_files`), atomically."""
+def save_head(
+    head: EagleHead,
+    out_dir: str | Path,
+    extra_files: dict | None = None,
+    token_counts: torch.Tensor | None = None,
+) -> None:
+    """config.json + model.safetensors (+ JSON files named in `extra_files`, + the answer
+    token counts of the draft vocabulary, `spadec.eagle.vocab`), atomically."""
     state = {k: v.detach().cpu().clone().contiguous() for k, v in head.state_dict().items()}
     state = {k: v for k, v in state.items() if not k.startswith("rotary_emb.")}
     with atomic_dir(out_dir) as tmp:
@@ -117,6 +124,8 @@ def save_head(head: EagleHead, out_dir: str | Path, extra_files: dict | None = N
         save_file(state, tmp / HEAD_FILE)
         for name, obj in (extra_files or {}).items():
             write_json(tmp / name, obj)
+        if token_counts is not None:
+            write_token_counts(tmp / COUNTS_FILE, token_counts)
 
 
 def load_head(head_dir: str | Path, dtype=torch.float32, device="cpu") -> EagleHead:

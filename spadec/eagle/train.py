@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ from spadec.eagle.ds_runtime import (
 )
 from spadec.eagle.head import init_head, save_head
 from spadec.eagle.losses import combined_loss, head_losses
+from spadec.eagle.vocab import answer_token_counts
 from spadec.io import read_json
 from spadec.logs import progress, setup_logging
 from spadec.pacing import paced
@@ -341,7 +343,8 @@ def train_head(
         describe=lambda e: f"loss {e['loss']:.4f} (value {e['vloss']:.4f}, prob {e['ploss']:.4f})",
         evaluate=evaluate,
         held_keys=("top1", "top3"),
-        save=save_head,
+        # the answer-token counts of the draft vocabulary travel with the head
+        save=partial(save_head, token_counts=answer_token_counts(shard_dirs, config.vocab_size)),
     )
     if metrics is not None:
         held = metrics["heldout"]

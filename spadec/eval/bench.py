@@ -92,6 +92,7 @@ def evaluate_bench(
         ats_mode=ats["ats_mode"],
         acc_length=ats["acc_length"],
         prune_scale=ats["prune_scale"],
+        draft_vocab=decode["draft_vocab"],
         medusa_decode=medusa,
     )
     questions = load_prompts(paths[DATA], bench)[:max_prompts]

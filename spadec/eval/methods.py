@@ -43,7 +43,7 @@ from spadec.decoding.catalog import (
 )
 from spadec.decoding.context import check_prompt_fits, context_length
 from spadec.decoding.defaults import MEDUSA_DECODE_DEFAULTS
-from spadec.decoding.draft import TreeParams
+from spadec.decoding.draft import DraftLMHead, TreeParams
 from spadec.decoding.eagle2 import eagle2_decode
 from spadec.decoding.medusa import medusa_decode
 from spadec.decoding.medusa_trees import named_tree
@@ -51,6 +51,7 @@ from spadec.decoding.peers import PROMPT_LOOKUP_TOKENS, hf_generate_decode
 from spadec.decoding.spadec import spadec_verify_step
 from spadec.decoding.verify import verify_all_layers
 from spadec.eagle.head import EagleHead, check_head_fits, load_head
+from spadec.eagle.vocab import draft_token_ids, load_token_counts
 from spadec.medusa.heads import MedusaHeads, check_heads_fit, load_heads
 from spadec.predictor.model import AcceptancePredictor, check_predictor_fits, load_predictor
 from spadec.runtime.load import load_target
@@ -69,6 +70,9 @@ class Models:
     ats_mode: str = "prune"
     acc_length: int = DEFAULT_ACC_LENGTH
     prune_scale: float = DEFAULT_PRUNE_SCALE
+    # eagle.decode.draft_vocab: EAGLE drafting over that many tokens (None: the full LM head)
+    draft_vocab: int | None = None
+    draft_lm_heads: dict[str, DraftLMHead] = field(default_factory=dict)  # by target
     tokenizer: object = None
     medusa: dict[str, MedusaHeads] = field(default_factory=dict)  # Medusa heads, by target
     # medusa.decode settings: the tree, the acceptance rule
@@ -101,6 +105,7 @@ class Models:
         ats_mode: str = "prune",
         acc_length: int = DEFAULT_ACC_LENGTH,
         prune_scale: float = DEFAULT_PRUNE_SCALE,
+        draft_vocab: int | None = None,
         medusa_decode: dict | None = None,
     ) -> Models:
         """Load what `methods` need (`catalog.needs`). `paths` maps artefact keys (target
@@ -114,6 +119,7 @@ class Models:
             ats_mode=ats_mode,
             acc_length=acc_length,
             prune_scale=prune_scale,
+            draft_vocab=draft_vocab,
         )
         models.medusa_decode.update(medusa_decode or {})
         needed = needs(methods, models.separate_baseline)
@@ -168,10 +174,16 @@ def _load_eagle(models: Models, target: str, path, target_path) -> None:
     head = load_head(path, model.dtype, next(model.parameters()).device)
     check_head_fits(head, path, model, target_path)
     models.heads[target] = head
+    if models.draft_vocab is not None:
+        ids = draft_token_ids(load_token_counts(path), models.draft_vocab, path)
+        models.draft_lm_heads[target] = DraftLMHead(model.lm_head, ids)
 
 
 def _decode_eagle(models: Models, target: str, model, input_ids, params, *args, **kwargs):
-    return eagle2_decode(model, models.head(target), input_ids, params, *args, **kwargs)
+    draft_lm_head = models.draft_lm_heads.get(models.resolve(target))
+    return eagle2_decode(
+        model, models.head(target), input_ids, params, *args, draft_lm_head=draft_lm_head, **kwargs
+    )
 
 
 def _load_medusa(models: Models, target: str, path, target_path) -> None:

@@ -252,7 +252,7 @@ def test_eval_refuses_a_long_prompt_before_any_run(good, tmp_path):
         "warmup_prompts": 1,
         "seed": 0,
     }
-    decode = {"dtype": "float32", "total_tokens": 4, "depth": 1, "top_k": 2}
+    decode = {"dtype": "float32", "total_tokens": 4, "depth": 1, "top_k": 2, "draft_vocab": None}
     ats = {"ats_mode": "prune", "acc_length": 3, "prune_scale": 1.0}
     paths = {"dense": good["base"], "data": tmp_path}
     with pytest.raises(PromptTooLongError, match="benchmark long, prompt 1: prompt is"):
