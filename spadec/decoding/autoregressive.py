@@ -49,12 +49,12 @@ def autoregressive_decode(
         forwards += 1
     sync(device)
     wall = time.perf_counter() - start
-    extra = {}
+    extra = {"kv_cache_entries": sum(cache.layer_lengths())}  # K/V held, over all layers
     if step_gates:
         g = torch.stack(step_gates).float()
         # batch 1: a step's layer load is its one token's executed layers
         share = g.mean().item()
-        extra = {
+        extra |= {
             "executed_share": share,
             "layer_load_share": share,
             "layer_execution_rate": g.mean(0).tolist(),

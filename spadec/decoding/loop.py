@@ -153,6 +153,7 @@ def speculative_decode(
     out = truncate(out, max_new_tokens, eos_token_id)
     extra = stats.summary(num_layers)
     extra["draft_forwards"] = drafter.forwards
+    extra["kv_cache_entries"] = sum(cache.layer_lengths())  # K/V held, over all layers
     if timer.enabled:
         extra["timing"] = timer.summary(wall)
     return DecodeResult(out, len(out), wall, forwards, extra)

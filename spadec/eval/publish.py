@@ -43,6 +43,9 @@ SPEEDUP_COLUMNS = {
     "tau": "tau",
     "layer_load_share": "layer load",
     "executed_share": "executed layers",
+    "weight_mb_per_token": "weight MB read / token",
+    "resident_weight_mb": "weights MB",
+    "kv_cache_mb": "K/V MB",
     "same_output_as_ar": "same output as ar",
 }
 PEER_NOTE = (

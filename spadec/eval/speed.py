@@ -22,6 +22,7 @@ import torch
 from spadec.decoding.catalog import is_peer
 from spadec.decoding.draft import TreeParams
 from spadec.decoding.timing import sum_timings
+from spadec.eval.memory import memory_fields
 from spadec.eval.methods import Models, run_method
 from spadec.logs import progress
 
@@ -72,19 +73,18 @@ def run_side_by_side(
         here = []
         for method in order:
             res = one(method, ids, i)
-            here.append(
-                {
-                    "prompt_id": prompt_id,
-                    "method": method,
-                    "target": models.target_of(method),
-                    "prompt_tokens": len(p),
-                    "new_tokens": res.new_tokens,
-                    "wall_s": res.wall_s,
-                    "target_forwards": res.target_forwards,
-                    **res.extra,
-                    "output_ids": res.output_ids,
-                }
-            )
+            record = {
+                "prompt_id": prompt_id,
+                "method": method,
+                "target": models.target_of(method),
+                "prompt_tokens": len(p),
+                "new_tokens": res.new_tokens,
+                "wall_s": res.wall_s,
+                "target_forwards": res.target_forwards,
+                **res.extra,
+                "output_ids": res.output_ids,
+            }
+            here.append(record | memory_fields(models, method, record, params))
         ar = next((r["output_ids"] for r in here if r["method"] == "ar"), None)
         for r in here:
             if is_peer(r["method"]) and ar is not None:

@@ -40,6 +40,8 @@ from spadec.eval.speed import summarize
 from spadec.io import read_jsonl
 
 KEY = ["model", "bench", "method"]
+# per-record memory figures (spadec.eval.memory), averaged over a method's prompts
+MEMORY_COLUMNS = ("weight_mb_per_token", "resident_weight_mb", "kv_cache_mb")
 REQUIRED = ("model", "bench", "method", "prompt_id", "new_tokens", "wall_s", "output_ids")
 # per layer, the share of target forwards that ran it; tree methods' records before the
 # rename call it OLD_RATE
@@ -156,6 +158,8 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
             dense = on_dense(method)
             row["executed_share"] = _mean_or(g, "executed_share", 1.0 if dense else math.nan)
             row["layer_load_share"] = _mean_or(g, "layer_load_share", 1.0 if dense else math.nan)
+            for col in MEMORY_COLUMNS:  # records from before the memory figures: NaN
+                row[col] = _mean_or(g, col, math.nan)
             if "draft_forwards" in g and g["draft_forwards"].notna().any():
                 row["draft_forwards_per_token"] = g["draft_forwards"].sum() / tokens
             else:
