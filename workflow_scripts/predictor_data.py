@@ -4,11 +4,12 @@ for the trees of one drafter kind (EAGLE-2's, or Medusa's) on SpaDec's D-LLM."""
 import argparse
 from pathlib import Path
 
-from spadec.decoding.draft import TreeParams
+from spadec.decoding.draft import DraftLMHead, TreeParams
 from spadec.decoding.medusa import medusa_decode
 from spadec.decoding.medusa_trees import named_tree
 from spadec.eagle.data import read_distilled, shard_records
 from spadec.eagle.head import check_head_fits, load_head
+from spadec.eagle.vocab import draft_token_ids, load_token_counts
 from spadec.io import read_json
 from spadec.logs import setup_logging
 from spadec.medusa.heads import check_heads_fit, load_heads
@@ -38,7 +39,12 @@ counts = (settings["layer_k"], settings["max_new_tokens"], tokenizer.eos_token_i
 if args.drafter == "eagle":
     head = load_head(args.head, model.dtype, device)
     check_head_fits(head, args.head, model, args.dllm)
-    data = collect_nodes(model, head, prompts, TreeParams.from_settings(decode), *counts)
+    draft_lm_head = None  # the eval's drafting: its reduced vocabulary, if any
+    if decode["draft_vocab"] is not None:
+        ids = draft_token_ids(load_token_counts(args.head), decode["draft_vocab"], args.head)
+        draft_lm_head = DraftLMHead(model.lm_head, ids)
+    params = TreeParams.from_settings(decode)
+    data = collect_nodes(model, head, prompts, params, *counts, draft_lm_head=draft_lm_head)
 else:
     if not args.medusa:
         parser.error("--drafter medusa needs --medusa (the medusa.decode settings)")

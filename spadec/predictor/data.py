@@ -42,11 +42,15 @@ def collect_nodes(
     layer_k: int,
     max_new_tokens: int,
     eos_token_id: int | None,
+    draft_lm_head: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`collect_tree_nodes` of EAGLE-2 trees drafted by `head`."""
+    """`collect_tree_nodes` of EAGLE-2 trees drafted by `head` (through `draft_lm_head`, a
+    reduced draft vocabulary, if given)."""
 
     def decode(input_ids, *args, **kwargs):
-        return eagle2_decode(target, head, input_ids, params, *args, **kwargs)
+        return eagle2_decode(
+            target, head, input_ids, params, *args, draft_lm_head=draft_lm_head, **kwargs
+        )
 
     return collect_tree_nodes(decode, target, prompts, layer_k, max_new_tokens, eos_token_id)
 
