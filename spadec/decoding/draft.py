@@ -86,7 +86,12 @@ def draft_tree(
     params: TreeParams,
 ) -> DraftTree:
     """Draft a tree below `root_token`; `root_hidden` [d] is the head's output for the
-    pair ending in the root. The head cache is left as it was (drafts are provisional)."""
+    pair ending in the root. The head cache is left as it was (drafts are provisional).
+
+    Written for few host operations per level (at batch 1 on a CPU a level is a handful of
+    small matmuls, so every extra tensor op shows): the levels' rotary tables in one call,
+    the provisional K/V appended in place to the head cache's buffer and dropped after, the
+    ancestry mask kept as the additive bias itself."""
     device = root_hidden.device
     logp = torch.log_softmax(lm_head(root_hidden).float(), dim=-1)
     k = min(params.top_k, logp.shape[-1])  # a tiny vocabulary caps the branching
@@ -94,45 +99,45 @@ def draft_tree(
     tokens = _tokens(lm_head, tokens)
     pool_tokens, pool_scores = [tokens], [scores]
     pool_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]
+    if params.depth == 0:
+        return select_tree(tokens, scores, pool_parents[0], root_token, params.total_tokens - 1)
+    dtype = head.fc.weight.dtype
+    # level s drafts at position seen_tokens + s: every level's cos/sin in one call
+    levels = torch.arange(cache.seen_tokens, cache.seen_tokens + params.depth, device=device)
+    cos_levels, sin_levels = head.rotary_emb(root_hidden[None, None].to(dtype), levels[None])
+    # a new level's entries see themselves; [k, k] additive, 0 on the diagonal
+    self_only = torch.full((k, k), torch.finfo(dtype).min, dtype=dtype, device=device)
+    self_only.fill_diagonal_(0)
+    bias = self_only  # frontier x provisional entries (the committed cache is visible to all)
+    parent_row = torch.arange(k, device=device).repeat_interleave(k)  # child j -> row j // k
     frontier = torch.arange(k, device=device)  # pool indices
     f_tokens, f_scores = tokens, scores
     f_hidden = root_hidden[None].expand(k, -1)
-    seen = torch.zeros(k, 0, dtype=torch.bool, device=device)  # frontier x provisional entries
-    keys, values = cache.layer(0)
-    dtype = head.fc.weight.dtype
-    blocked = torch.finfo(dtype).min
+    committed = cache.layer_lengths()
     offset = k
-    for step in range(params.depth):
-        x = head.fuse(f_hidden[None].to(dtype), f_tokens[None])
-        positions = torch.full((1, k), cache.seen_tokens + step, device=device)
-        cos, sin = head.rotary_emb(x, positions)
-        visible = torch.cat([seen, torch.eye(k, dtype=torch.bool, device=device)], dim=1)
-        # the committed head cache is visible to all; drafted entries by ancestry
-        bias = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
-            ~visible, blocked
-        )
-
-        def provisional(kk, vv):
-            # drafts extend a local copy: the head cache keeps only committed tokens
-            nonlocal keys, values
-            keys = kk if keys is None else torch.cat([keys, kk], dim=2)
-            values = vv if values is None else torch.cat([values, vv], dim=2)
-            return keys, values
-
-        h = decoder_layer(head.layer, x, cos, sin, bias, provisional)[0]
-        child_logp = torch.log_softmax(lm_head(h).float(), dim=-1)
-        c_scores, c_tokens = child_logp.topk(k, dim=-1)  # [k, k]
-        c_tokens = _tokens(lm_head, c_tokens)
-        cumulative = (f_scores[:, None] + c_scores).flatten()
-        pool_tokens.append(c_tokens.flatten())
-        pool_scores.append(cumulative)
-        pool_parents.append(frontier.repeat_interleave(k))
-        best = cumulative.topk(k).indices
-        rows = best // k
-        frontier = offset + best
-        offset += k * k
-        f_tokens, f_scores, f_hidden = c_tokens.flatten()[best], cumulative[best], h[rows]
-        seen = torch.cat([seen[rows], torch.eye(k, dtype=torch.bool, device=device)[rows]], dim=1)
+    try:
+        for step in range(params.depth):
+            x = head.fuse(f_hidden[None].to(dtype), f_tokens[None])
+            cos = cos_levels[:, step : step + 1].expand(1, k, -1)
+            sin = sin_levels[:, step : step + 1].expand(1, k, -1)
+            # drafts are appended after the committed entries and forgotten below
+            h = decoder_layer(head.layer, x, cos, sin, bias, cache.store(0))[0]
+            child_logp = torch.log_softmax(lm_head(h).float(), dim=-1)
+            c_scores, c_tokens = child_logp.topk(k, dim=-1)  # [k, k]
+            c_tokens = _tokens(lm_head, c_tokens).flatten()
+            cumulative = (f_scores[:, None] + c_scores).flatten()
+            pool_tokens.append(c_tokens)
+            pool_scores.append(cumulative)
+            pool_parents.append(frontier[parent_row])
+            best = cumulative.topk(k).indices
+            rows = parent_row[best]
+            frontier = offset + best
+            offset += k * k
+            f_tokens, f_scores, f_hidden = c_tokens[best], cumulative[best], h[rows]
+            # a child sees what its parent saw, and itself among the next level's entries
+            bias = torch.cat([bias[rows], self_only], dim=1)
+    finally:
+        cache.rewind(committed, cache.seen_tokens)  # the cache keeps only committed tokens
     return select_tree(
         torch.cat(pool_tokens),
         torch.cat(pool_scores),

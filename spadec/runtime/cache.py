@@ -82,7 +82,7 @@ class LayerSkipCache:
         self.lengths[idx] = prefix + m
 
     def rewind(self, lengths: list[int], seen_tokens: int) -> None:
-        """Forget entries past `lengths` (a snapshot from `layer_lengths`): benchmarks
-        time the same pass again over the same prefix."""
+        """Forget entries past `lengths` (a snapshot from `layer_lengths`): drafting drops
+        its provisional entries, benchmarks time the same pass again over the same prefix."""
         self.lengths = list(lengths)
         self.seen_tokens = seen_tokens
