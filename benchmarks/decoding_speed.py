@@ -96,6 +96,7 @@ def main() -> int:
         speed["methods"] = list(args.methods)
     if args.max_new_tokens:
         speed["max_new_tokens"] = args.max_new_tokens
+    speed["tree_candidates"] = []  # every tree of --trees as given: no calibration
     paths = results_paths(res)
     ats = read_json(res / "config" / "predictor.decode.json")
     ats.setdefault("prune_scale", 1.0)  # runs from before the key: the published rule

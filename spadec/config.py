@@ -87,6 +87,8 @@ STAGE_PARTS = {
             "warmup_prompts",
             "step_timing",
             "sync_timing",
+            "tree_candidates",
+            "tree_calibration_prompts",
         ),
         "tables": ("response_examples",),
     },
@@ -342,8 +344,9 @@ def base_depth(config: dict, model: str, schema: dict | None = None) -> tuple[in
 
 def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> None:
     """Settings valid one by one but not together, caught at start-up rather than hours
-    into a run: the draft tree's width against its size, the Medusa tree's depth against
-    the heads, and the layer indices against
+    into a run: the draft tree's width against its size (the configured tree and the
+    calibration candidates), the Medusa tree's depth against the heads, and the layer
+    indices against
     the base model's depth (when the config tells it), and a D-LLM's rate profile against
     its dynamic layers. Per-model overrides apply."""
     eagle = resolve_stage(config, model, "eagle", schema)
@@ -360,6 +363,19 @@ def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> 
             f"{medusa['tree']!r} is {tree_depth} deep, one head per level, but there are "
             f"{medusa['num_heads']} heads"
         )
+    evaluation = resolve_stage(config, model, "eval", schema)
+    if evaluation["tree_candidates"] and "eagle2" not in evaluation["methods"]:
+        raise ConfigError(
+            f"config key 'eval.tree_candidates' (model {model}): the tree is calibrated "
+            "with eagle2 against ar, so eval.methods must list eagle2"
+        )
+    for tree in evaluation["tree_candidates"]:
+        total, _, top_k = (int(part) for part in tree.split("/"))
+        if top_k > total or total < 2:
+            raise ConfigError(
+                f"config key 'eval.tree_candidates' (model {model}): tree {tree!r} needs "
+                "total_tokens >= 2 and top_k <= total_tokens"
+            )
     dllm = resolve_stage(config, model, "dllm", schema)
     if dllm["layer_rate_profile"] is not None and dllm["share_constraint"] != "layer":
         raise ConfigError(

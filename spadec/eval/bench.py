@@ -24,6 +24,12 @@ from spadec.decoding.catalog import (
 )
 from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
+from spadec.eval.calibrate import (
+    CALIBRATION_METHOD,
+    calibrate_tree,
+    calibration_prompts,
+    parse_tree,
+)
 from spadec.eval.methods import Models
 from spadec.eval.speed import run_side_by_side, summarize
 from spadec.io import read_jsonl
@@ -99,6 +105,9 @@ def evaluate_bench(
     tok = models.tokenizer
     prompts = [(str(q["id"]), prompt_ids(tok, q["turns"][0])) for q in questions]
     params = TreeParams.from_settings(decode)
+    calibration = None
+    if speed.get("tree_candidates"):  # settings of older runs lack the key
+        params, calibration = _calibrated_tree(models, methods, paths[DATA], speed, params)
     # Refuse before any timing: a prompt too long for the context would otherwise stop
     # the run at that prompt, after the methods before it had run.
     for prompt_id, ids in prompts:
@@ -132,9 +141,41 @@ def evaluate_bench(
         "max_new_tokens": speed["max_new_tokens"],
         "temperature": speed["temperature"],
         "tree": {"total_tokens": params.total_tokens, "depth": params.depth, "top_k": params.top_k},
+        "tree_calibration": calibration,
         "ats_mode": ats["ats_mode"],
         "methods": summarize(records, {m: BASELINE for m in methods if m != BASELINE}),
         "targets": {m: models.target_of(m) for m in methods},
         "vs_own_target": summarize(records, own_baselines(models, methods)),
     }
     return metrics, records
+
+
+def _calibrated_tree(
+    models: Models, methods: list[str], data_dir: str | Path, speed: dict, configured: TreeParams
+) -> tuple[TreeParams, dict]:
+    """The fastest of eval.tree_candidates and eagle's own tree on this machine
+    (`spadec.eval.calibrate`), with the calibration's record."""
+    if CALIBRATION_METHOD not in methods:
+        raise ValueError(f"eval.tree_candidates needs {CALIBRATION_METHOD} among the methods")
+    candidates = [configured]
+    for text in speed["tree_candidates"]:
+        tree = parse_tree(text)
+        if tree not in candidates:
+            candidates.append(tree)
+    tok = models.tokenizer
+    prompts = [
+        ids
+        for ids in calibration_prompts(data_dir, tok, speed["tree_calibration_prompts"])
+        if all(_fits(models, ids, speed["max_new_tokens"], tree) for tree in candidates)
+    ]
+    if not prompts:
+        raise PromptTooLongError("no distillation prompt leaves room to calibrate the tree")
+    return calibrate_tree(models, prompts, candidates, speed["max_new_tokens"], tok.eos_token_id)
+
+
+def _fits(models: Models, ids: list[int], max_new_tokens: int, params: TreeParams) -> bool:
+    try:
+        models.check_prompt(CALIBRATION_METHOD, len(ids), max_new_tokens, params)
+    except PromptTooLongError:
+        return False
+    return True
