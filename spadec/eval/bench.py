@@ -107,7 +107,7 @@ def evaluate_bench(
     params = TreeParams.from_settings(decode)
     calibration = None
     if speed.get("tree_candidates"):  # settings of older runs lack the key
-        params, calibration = _calibrated_tree(models, methods, paths[DATA], speed, params)
+        params, calibration = calibrated_tree(models, methods, paths[DATA], speed, params)
     # Refuse before any timing: a prompt too long for the context would otherwise stop
     # the run at that prompt, after the methods before it had run.
     for prompt_id, ids in prompts:
@@ -150,7 +150,7 @@ def evaluate_bench(
     return metrics, records
 
 
-def _calibrated_tree(
+def calibrated_tree(
     models: Models, methods: list[str], data_dir: str | Path, speed: dict, configured: TreeParams
 ) -> tuple[TreeParams, dict]:
     """The fastest of eval.tree_candidates and eagle's own tree on this machine

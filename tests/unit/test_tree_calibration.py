@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from spadec.config import validate_config
+from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
 from spadec.eagle.head import new_head
+from spadec.eval.bench import calibrated_tree
 from spadec.eval.calibrate import calibrate_tree, calibration_prompts, parse_tree, tree_name
 from spadec.eval.methods import Models, run_method
 from spadec.io import write_jsonl
@@ -49,14 +51,20 @@ def test_calibration_times_every_candidate_and_keeps_the_fastest():
     )
 
 
-def test_calibration_prompts_are_the_distillation_prompts(tmp_path):
-    class Tok:  # what prompt_ids needs of a tokenizer: one id per character
-        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-            return [ord(c) for c in messages[0]["content"]]
+class Tok:
+    """What prompt_ids needs of a tokenizer: one id per character (below 96, the test
+    models' vocabulary)."""
 
+    eos_token_id = None
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        return [ord(c) % 96 for c in messages[0]["content"]]
+
+
+def test_calibration_prompts_are_the_distillation_prompts(tmp_path):
     rows = [{"id": str(i), "instruction": text} for i, text in enumerate(["ab", "cde", "f"])]
     write_jsonl(tmp_path / "distill_prompts.jsonl", rows)
-    assert calibration_prompts(tmp_path, Tok(), 2) == [[97, 98], [99, 100, 101]]
+    assert calibration_prompts(tmp_path, Tok(), 2) == [[1, 2], [3, 4, 5]]
     (tmp_path / "distill_prompts.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="distill_prompts.jsonl"):
         calibration_prompts(tmp_path, Tok(), 2)
@@ -73,3 +81,24 @@ def test_tree_candidates_are_checked_at_start_up():
     msg = _error(_micro(eval={**eval_, "methods": ["ar", "dllm"]}))
     assert "eval.tree_candidates" in msg and "eagle2" in msg
     assert "tree_candidates" in _error(_micro(eval={**eval_, "tree_candidates": ["3-1-2"]}))
+
+
+def test_the_eval_calibrates_over_its_own_tree_too_and_skips_prompts_too_long(tmp_path):
+    model = dense()  # a 512-token context
+    models = Models(
+        targets={"dense": model},
+        heads={"dense": new_head(model).double().eval()},
+        tokenizer=Tok(),
+    )
+    rows = [{"id": "long", "instruction": "x" * 600}, {"id": "short", "instruction": "abc"}]
+    write_jsonl(tmp_path / "distill_prompts.jsonl", rows)
+    speed = {"tree_candidates": ["3/1/2", "8/3/3"], "tree_calibration_prompts": 2}
+    speed["max_new_tokens"] = 8
+    chosen, record = calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, TreeParams(8, 3, 3))
+    assert [r["tree"] for r in record["candidates"]] == ["8/3/3", "3/1/2"]  # configured first, once
+    assert record["prompts"] == 1 and tree_name(chosen) == record["chosen"]
+    with pytest.raises(ValueError, match="eagle2"):
+        calibrated_tree(models, ["ar", "dllm"], tmp_path, speed, TreeParams(8, 3, 3))
+    write_jsonl(tmp_path / "distill_prompts.jsonl", rows[:1])
+    with pytest.raises(PromptTooLongError, match="no distillation prompt"):
+        calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, TreeParams(8, 3, 3))
