@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from spadec.decoding.catalog import METHOD_ORDER, is_plain, method_info
+from spadec.decoding.defaults import parse_tree_spec
 from spadec.eval.bench import evaluate_bench, results_paths
 from spadec.io import read_json
 from spadec.logs import setup_logging
@@ -108,7 +109,10 @@ def main() -> int:
         settings["draft_vocab"]
     ]
     for spec, scale, vocab in ((t, x, v) for t in trees for x in scales for v in vocabs):
-        total, depth, top_k = (int(x) for x in spec.split("/"))
+        try:
+            total, depth, top_k = parse_tree_spec(spec)
+        except ValueError as err:
+            parser.error(str(err))
         s = {**settings, "total_tokens": total, "depth": depth, "top_k": top_k}
         s["draft_vocab"] = vocab
         try:

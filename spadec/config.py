@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from spadec.decoding.defaults import parse_tree_spec
 from spadec.decoding.medusa_trees import named_tree
 from spadec.share_targets import check_layer_profile, dynamic_layer_rate
 
@@ -370,12 +371,10 @@ def check_cross_fields(config: dict, model: str, schema: dict | None = None) -> 
             "with eagle2 against ar, so eval.methods must list eagle2"
         )
     for tree in evaluation["tree_candidates"]:
-        total, _, top_k = (int(part) for part in tree.split("/"))
-        if top_k > total or total < 2:
-            raise ConfigError(
-                f"config key 'eval.tree_candidates' (model {model}): tree {tree!r} needs "
-                "total_tokens >= 2 and top_k <= total_tokens"
-            )
+        try:
+            parse_tree_spec(tree)
+        except ValueError as err:
+            raise ConfigError(f"config key 'eval.tree_candidates' (model {model}): {err}") from None
     dllm = resolve_stage(config, model, "dllm", schema)
     if dllm["layer_rate_profile"] is not None and dllm["share_constraint"] != "layer":
         raise ConfigError(

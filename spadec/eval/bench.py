@@ -28,7 +28,7 @@ from spadec.eval.calibrate import (
     CALIBRATION_METHOD,
     calibrate_tree,
     calibration_prompts,
-    parse_tree,
+    tree_candidates,
 )
 from spadec.eval.methods import Models
 from spadec.eval.speed import run_side_by_side, summarize
@@ -105,17 +105,20 @@ def evaluate_bench(
     tok = models.tokenizer
     prompts = [(str(q["id"]), prompt_ids(tok, q["turns"][0])) for q in questions]
     params = TreeParams.from_settings(decode)
-    calibration = None
-    if speed.get("tree_candidates"):  # settings of older runs lack the key
-        params, calibration = calibrated_tree(models, methods, paths[DATA], speed, params)
-    # Refuse before any timing: a prompt too long for the context would otherwise stop
-    # the run at that prompt, after the methods before it had run.
+    # settings of older runs lack the key
+    candidates = tree_candidates(params, speed.get("tree_candidates") or [])
+    # Refuse before any timing (the tree calibration's included): a prompt too long for
+    # the context would otherwise stop the run at that prompt, after the methods before it
+    # had run. Whichever tree the calibration picks, the prompt must fit.
     for prompt_id, ids in prompts:
-        for method in methods:
+        for method, tree in ((m, t) for m in methods for t in candidates):
             try:
-                models.check_prompt(method, len(ids), speed["max_new_tokens"], params)
+                models.check_prompt(method, len(ids), speed["max_new_tokens"], tree)
             except PromptTooLongError as err:
                 raise PromptTooLongError(f"benchmark {bench}, prompt {prompt_id}: {err}") from None
+    calibration = None
+    if len(candidates) > 1:
+        params, calibration = calibrated_tree(models, methods, paths[DATA], speed, candidates)
     records = run_side_by_side(
         models,
         methods,
@@ -151,17 +154,17 @@ def evaluate_bench(
 
 
 def calibrated_tree(
-    models: Models, methods: list[str], data_dir: str | Path, speed: dict, configured: TreeParams
+    models: Models,
+    methods: list[str],
+    data_dir: str | Path,
+    speed: dict,
+    candidates: list[TreeParams],
 ) -> tuple[TreeParams, dict]:
-    """The fastest of eval.tree_candidates and eagle's own tree on this machine
-    (`spadec.eval.calibrate`), with the calibration's record."""
+    """The fastest of `candidates` (`tree_candidates`: eagle's own tree and
+    eval.tree_candidates) on this machine (`spadec.eval.calibrate`), with the calibration's
+    record. Distillation prompts too long for some candidate are left out."""
     if CALIBRATION_METHOD not in methods:
         raise ValueError(f"eval.tree_candidates needs {CALIBRATION_METHOD} among the methods")
-    candidates = [configured]
-    for text in speed["tree_candidates"]:
-        tree = parse_tree(text)
-        if tree not in candidates:
-            candidates.append(tree)
     tok = models.tokenizer
     prompts = [
         ids

@@ -3,7 +3,7 @@ candidate tree, beside `ar`, and keep the tree with the highest measured speedup
 
 On a CPU the cost of verifying N tree tokens is a step function of N that depends on the
 BLAS kernels (benchmarks/verify_cost.py: on this project's 2-core machine, SmolLM2-135M in
-fp32 verifies 3 tokens for 1.14 `ar` steps and 4 for 1.58), and what a tree buys depends
+fp32 verifies 3 tokens for 1.12 `ar` steps and 4 for 1.52), and what a tree buys depends
 on how well the head drafts. Timing whole generations measures both at once. The prompts
 are the distillation prompts (the head's training questions, never a benchmark's), so
 the choice does not peek at the prompts it is then scored on.
@@ -11,13 +11,13 @@ the choice does not peek at the prompts it is then scored on.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import torch
 
 from spadec.base.chat import prompt_ids
+from spadec.decoding.defaults import parse_tree_spec
 from spadec.decoding.draft import TreeParams
 from spadec.eval.methods import Models, run_method
 from spadec.io import read_jsonl
@@ -25,19 +25,26 @@ from spadec.logs import progress
 
 CALIBRATION_METHOD = "eagle2"  # the tree is chosen for EAGLE drafting on the dense target
 CALIBRATION_PROMPTS_FILE = "distill_prompts.jsonl"
-TREE_PATTERN = re.compile(r"^(\d+)/(\d+)/(\d+)$")
 
 
 def parse_tree(text: str) -> TreeParams:
     """ "total_tokens/depth/top_k" -> TreeParams (ValueError naming the text if malformed)."""
-    match = TREE_PATTERN.match(text.strip())
-    if match is None:
-        raise ValueError(f"tree {text!r}: expected total_tokens/depth/top_k, e.g. 16/4/4")
-    return TreeParams(*(int(g) for g in match.groups()))
+    return TreeParams(*parse_tree_spec(text))
 
 
 def tree_name(params: TreeParams) -> str:
     return f"{params.total_tokens}/{params.depth}/{params.top_k}"
+
+
+def tree_candidates(configured: TreeParams, texts: list[str]) -> list[TreeParams]:
+    """The trees a calibration times: the configured one first, then `texts` (eval's
+    tree_candidates) not already listed."""
+    candidates = [configured]
+    for text in texts:
+        tree = parse_tree(text)
+        if tree not in candidates:
+            candidates.append(tree)
+    return candidates
 
 
 def calibration_prompts(data_dir: str | Path, tokenizer, count: int) -> list[list[int]]:

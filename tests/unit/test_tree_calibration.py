@@ -11,7 +11,13 @@ from spadec.decoding.context import PromptTooLongError
 from spadec.decoding.draft import TreeParams
 from spadec.eagle.head import new_head
 from spadec.eval.bench import calibrated_tree
-from spadec.eval.calibrate import calibrate_tree, calibration_prompts, parse_tree, tree_name
+from spadec.eval.calibrate import (
+    calibrate_tree,
+    calibration_prompts,
+    parse_tree,
+    tree_candidates,
+    tree_name,
+)
 from spadec.eval.methods import Models, run_method
 from spadec.io import write_jsonl
 from tests.unit.test_config import _error, _micro
@@ -24,7 +30,7 @@ def test_tree_names_round_trip_and_malformed_ones_are_named():
     for bad in ("16/4", "a/b/c", "16-4-4"):
         with pytest.raises(ValueError, match=bad):
             parse_tree(bad)
-    with pytest.raises(ValueError, match="invalid tree"):
+    with pytest.raises(ValueError, match="total_tokens >= 2"):
         parse_tree("1/0/1")  # a tree needs a drafted node
 
 
@@ -92,13 +98,14 @@ def test_the_eval_calibrates_over_its_own_tree_too_and_skips_prompts_too_long(tm
     )
     rows = [{"id": "long", "instruction": "x" * 600}, {"id": "short", "instruction": "abc"}]
     write_jsonl(tmp_path / "distill_prompts.jsonl", rows)
-    speed = {"tree_candidates": ["3/1/2", "8/3/3"], "tree_calibration_prompts": 2}
-    speed["max_new_tokens"] = 8
-    chosen, record = calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, TreeParams(8, 3, 3))
-    assert [r["tree"] for r in record["candidates"]] == ["8/3/3", "3/1/2"]  # configured first, once
+    speed = {"tree_calibration_prompts": 2, "max_new_tokens": 8}
+    trees = tree_candidates(TreeParams(8, 3, 3), ["3/1/2", "8/3/3"])
+    assert [tree_name(t) for t in trees] == ["8/3/3", "3/1/2"]  # configured first, once
+    chosen, record = calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, trees)
+    assert [r["tree"] for r in record["candidates"]] == ["8/3/3", "3/1/2"]
     assert record["prompts"] == 1 and tree_name(chosen) == record["chosen"]
     with pytest.raises(ValueError, match="eagle2"):
-        calibrated_tree(models, ["ar", "dllm"], tmp_path, speed, TreeParams(8, 3, 3))
+        calibrated_tree(models, ["ar", "dllm"], tmp_path, speed, trees)
     write_jsonl(tmp_path / "distill_prompts.jsonl", rows[:1])
     with pytest.raises(PromptTooLongError, match="no distillation prompt"):
-        calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, TreeParams(8, 3, 3))
+        calibrated_tree(models, ["ar", "eagle2"], tmp_path, speed, trees)
